@@ -1,0 +1,5 @@
+import sys
+
+from optlab.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Optax GradientTransformations only: no training loops here."""
