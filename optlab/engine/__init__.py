@@ -1,1 +1,35 @@
-"""See DESIGN.md."""
+"""The engine: one pure training loop (fit), schedules, checkpoints, and grids of runs."""
+
+from optlab.engine.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    TrainState,
+    best_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+)
+from optlab.engine.grid import GridResult, run_grid
+from optlab.engine.loop import EarlyStop, FitResult, fit
+from optlab.engine.schedules import constant, cosine, make_schedule, step_decay, warmup_cosine, wsd
+
+__all__ = [
+    "Checkpoint",
+    "CheckpointError",
+    "EarlyStop",
+    "FitResult",
+    "GridResult",
+    "TrainState",
+    "best_checkpoint",
+    "constant",
+    "cosine",
+    "fit",
+    "list_checkpoints",
+    "load_checkpoint",
+    "make_schedule",
+    "run_grid",
+    "save_checkpoint",
+    "step_decay",
+    "warmup_cosine",
+    "wsd",
+]

@@ -1,10 +1,455 @@
-"""STUB: replaced by the engine work (issue 3)."""
-from typing import NamedTuple
+"""``fit``: one pure training loop, a ``lax.scan`` of optax steps under ``jit``, itself vmappable.
+
+One step at ``t`` (``t`` = updates done so far):
+
+.. math::
+  \\ell_t, g_t = \\mathrm{value\\_and\\_grad}(L)(\\theta_t, B_t), \\quad
+  u_t = \\eta_t \\, (\\mathrm{opt}(\\mathrm{clip}(g_t)) - \\lambda \\theta_t), \\quad
+  \\theta_{t+1} = \\theta_t + u_t
+
+with :math:`\\eta_t` the ``schedule`` multiplier and :math:`\\lambda` the ``weight_decay``. The step is skipped
+(parameters and optimizer state kept) when :math:`\\ell_t`, :math:`g_t` or :math:`u_t` is not finite, and no step
+is applied from the early-stopping step on.
+
+Conventions (chosen here, documented once):
+
+* Data. ``batch_size=None`` passes the whole ``data`` pytree every step. Otherwise an epoch is
+  ``n // batch_size`` steps (the last partial batch is dropped); step ``t`` uses batch ``t % per_epoch`` of epoch
+  ``t // per_epoch``, in the order ``permutation(fold_in(key, epoch), n)`` when ``shuffle`` and ``0..n-1``
+  otherwise. The batch is a function of ``(key, t)`` only, which makes chunked and resumed runs bit-identical.
+* Extra arguments. The optimizer gets ``value=`` (the loss), ``grad=`` (the raw gradient) and ``value_fn=``
+  (``params -> loss`` on the current batch), so ``optax.polyak_sgd``, Newton-root optimizers and optax line
+  searches work; plain optimizers ignore them (``optax.with_extra_args_support``).
+* Schedule and weight decay. ``schedule(t)`` is evaluated at the global step (also after a resume) and multiplies
+  the whole update, decoupled weight decay included, as in Loshchilov & Hutter's AdamW (decay multiplied by the
+  schedule, not by the optimizer's learning rate). So ``fit(opt=optax.adam(lr), weight_decay=lr * wd)`` equals
+  ``optax.adamw(lr, weight_decay=wd)``. ``trace["lr"]`` records the multiplier (1.0 when ``schedule`` is None).
+* Precision. Inexact leaves of params and data are cast to ``dtype``; updates are cast to the parameter dtype
+  before they are added, so a float16 update below half an ulp leaves the parameter unchanged. Only diagnostics
+  (losses in the trace, gradient norms) are kept in at least float32.
+* Trace. One row per ``log_every`` steps (an outer scan over rows, an inner scan over the rest of the window): row
+  ``r`` holds the loss, gradient norms, schedule value, step scale and metrics of step ``r * log_every`` (metrics
+  and the loss at the parameters before that update); ``"skipped"`` is whether any step of the window was skipped.
+* Early stopping. ``best_*`` track the lowest loss seen; ``wait`` counts steps since the loss last beat the best by
+  more than ``min_delta``; at the step where ``wait >= patience`` the run freezes (that update is not applied) and
+  ``stopped_at`` is that step, i.e. the number of applied updates. Losses are per-batch losses.
+
+Example:
+  >>> loss = lambda p, batch: jnp.sum((p - 3.0) ** 2)
+  >>> result = fit(loss, jnp.zeros(2), optax.sgd(0.1), steps=100)
+  >>> result.trace["loss"].shape
+  (100,)
+"""
+
+from __future__ import annotations
+
+import operator
+import os
+import warnings
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
+
+from optlab.engine import checkpoint as ckpt
+from optlab.engine.checkpoint import TrainState
+from optlab.optimizers import grouping
+
+DTYPES = ("float16", "bfloat16", "float32", "float64")
+GROUPS = ("per_layer", "per_leaf", "global")
+
+
+class EarlyStop(NamedTuple):
+    """Early stopping inside ``jit``: freeze after ``patience`` steps without a loss drop larger than ``min_delta``."""
+
+    patience: Any  # int >= 1 (may be traced): steps without a significant improvement before the run freezes
+    min_delta: Any = 0.0  # >= 0: a loss below best - min_delta counts as an improvement
 
 
 class FitResult(NamedTuple):
-    pass
+    """What :func:`fit` returns."""
+
+    params: Any  # parameters after the last applied update
+    best_params: Any  # parameters whose (pre-update) loss was the lowest seen
+    trace: dict[str, jax.Array]  # name -> rows, leading length steps // log_every
+    best_step: jax.Array  # () int32: step of best_loss, -1 when no loss was finite
+    best_loss: jax.Array  # () float: lowest finite loss (inf when none)
+    stopped_at: jax.Array  # () int32: step where early stopping froze the run, `steps` when it never stopped
+    skipped_steps: jax.Array  # () int32: steps skipped for a non-finite loss, gradient or update
+    opt_state: Any  # optimizer state after the last step
 
 
-def fit(*args, **kwargs):
-    raise NotImplementedError
+def _is_traced(*trees: Any) -> bool:
+    return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(trees))
+
+
+def _int_arg(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return operator.index(value)
+
+
+def _nonnegative(name: str, value: Any, *, strict: bool) -> None:
+    if value is None or _is_traced(value):
+        return
+    number = float(np.asarray(value))
+    if not (number > 0 if strict else number >= 0) or not np.isfinite(number):
+        raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} 0, got {value!r}")
+
+
+def _resolve_dtype(dtype: Any) -> jnp.dtype:
+    name = dtype if isinstance(dtype, str) else getattr(np.dtype(dtype), "name", dtype)
+    if name not in DTYPES:
+        raise ValueError(f"dtype={dtype!r} is not supported; allowed values: {DTYPES}")
+    if name == "float64" and jax.dtypes.canonicalize_dtype(jnp.float64) != jnp.float64:
+        raise ValueError(
+            "dtype='float64' needs 64-bit JAX: run inside `with jax.enable_x64(True):` or set JAX_ENABLE_X64=1"
+        )
+    return jnp.dtype(name)
+
+
+def _cast(tree: Any, dtype: jnp.dtype) -> Any:
+    """Casts inexact array leaves to ``dtype``; integer and boolean leaves are kept."""
+    def cast(x):
+        x = jnp.asarray(x) if isinstance(x, (np.ndarray, np.generic)) else x
+        return x.astype(dtype) if eqx.is_inexact_array(x) else x
+    return jax.tree.map(cast, tree)
+
+
+def _n_examples(data: Any) -> int:
+    sizes = {np.shape(leaf)[0] if np.ndim(leaf) else None for leaf in jax.tree.leaves(data)}
+    if not sizes or None in sizes or len(sizes) != 1:
+        raise ValueError(f"data leaves must share one leading (example) axis to draw batches; leading sizes {sizes}")
+    return sizes.pop()
+
+
+def _group_ids(params: Any, groups: Any) -> tuple[tuple[int, ...], int, tuple[str, ...]]:
+    if isinstance(groups, str):
+        grouping.check_choice("groups", groups, GROUPS)
+        return grouping.group_ids(params, groups)
+    return grouping.group_ids(params, "per_layer", layer_labels=groups)
+
+
+def _all_finite(tree: Any) -> jax.Array:
+    return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)] or [True]))
+
+
+def batch_at(data: Any, step: jax.Array, key: jax.Array, batch_size: int | None, shuffle: bool) -> Any:
+    """The batch of step ``step``: a function of ``(key, step)`` only (see the module docstring)."""
+    if data is None or batch_size is None:
+        return data
+    n = _n_examples(data)
+    per_epoch = n // batch_size
+    epoch, start = step // per_epoch, (step % per_epoch) * batch_size
+    if not shuffle:
+        return jax.tree.map(lambda x: lax.dynamic_slice_in_dim(x, start, batch_size), data)
+    index = lax.dynamic_slice_in_dim(jax.random.permutation(jax.random.fold_in(key, epoch), n), start, batch_size)
+    return jax.tree.map(lambda x: jnp.take(x, index, axis=0), data)
+
+
+def _make_chunk(loss_of, combine, opt, *, log_every, batch_size, shuffle, schedule, clip, weight_decay,
+                early_stop, loss_scale, ids, n_groups, has_step_scale, metrics_fn, record_dtype, end_loss):
+    """Builds ``run_chunk(state, data, n_rows) -> (state, rows, loss at the final params)``, jitted."""
+
+    def step(state: TrainState, data: Any, record: bool):
+        t = state.step
+        batch = batch_at(data, t, state.key, batch_size, shuffle)
+
+        def batch_loss(p):
+            return loss_of(p, batch)
+
+        def scaled_loss(p):
+            value = batch_loss(p)
+            return (value if loss_scale is None else value * loss_scale), value
+
+        (_, value), grads = jax.value_and_grad(scaled_loss, has_aux=True)(state.params)
+        if loss_scale is not None:
+            grads = jax.tree.map(lambda g: (g / loss_scale).astype(g.dtype), grads)
+        direction = grads if clip is None else optax.clip_by_global_norm(clip).update(grads, optax.EmptyState())[0]
+        updates, opt_state = opt.update(
+            direction, state.opt_state, state.params, value=value, grad=grads, value_fn=batch_loss
+        )
+        if weight_decay is not None:
+            updates = optax.tree.add_scale(updates, -weight_decay, state.params)
+        lr = jnp.ones((), jnp.float32) if schedule is None else jnp.asarray(schedule(t))
+        if schedule is not None:
+            updates = optax.tree.scale(lr, updates)
+        updates = optax.tree.cast_like(updates, state.params)  # no hidden upcast of the parameter add
+
+        running = state.stopped_at < 0
+        finite = jnp.isfinite(value) & _all_finite(grads) & _all_finite(updates)
+        value = value.astype(record_dtype)
+        improved = running & (value < state.best_loss)  # False for NaN
+        wait, stopped_at = state.wait, state.stopped_at
+        if early_stop is not None:
+            significant = value < state.best_loss - early_stop.min_delta
+            wait = jnp.where(running, jnp.where(significant, 0, wait + 1), wait)
+            stop_now = running & (wait >= early_stop.patience)
+            stopped_at = jnp.where(stop_now, t, stopped_at)
+            running = running & ~stop_now
+        apply = running & finite
+        new = TrainState(
+            step=t + 1,
+            params=optax.tree.where(apply, optax.apply_updates(state.params, updates), state.params),
+            opt_state=optax.tree.where(apply, opt_state, state.opt_state),
+            key=state.key,
+            best_params=optax.tree.where(improved, state.params, state.best_params),
+            best_loss=jnp.where(improved, value, state.best_loss),
+            best_step=jnp.where(improved, t, state.best_step),
+            wait=wait,
+            stopped_at=stopped_at,
+            skipped=state.skipped + (running & ~finite).astype(jnp.int32),
+        )
+        if not record:
+            return new, None
+        group_sq = grouping.group_sq_norms(grads, ids, n_groups)
+        row = {
+            "loss": value,
+            "grad_norm": jnp.sqrt(jnp.sum(group_sq)),
+            "group_grad_norms": jnp.sqrt(group_sq),
+            "lr": lr.astype(jnp.promote_types(lr.dtype, jnp.float32)),
+        }
+        if has_step_scale:
+            row["step_scale"] = jnp.atleast_1d(optax.tree.get_all_with_path(new.opt_state, "step_scale")[0][1])
+        if metrics_fn is not None:
+            metrics = metrics_fn(combine(state.params))
+            if not isinstance(metrics, Mapping):
+                raise TypeError(f"metrics_fn must return a dict name -> array, got {type(metrics).__name__}")
+            row.update({f"metrics/{name}": jnp.asarray(v) for name, v in metrics.items()})
+        return new, row
+
+    def run_chunk(state: TrainState, data: Any, n_rows: int):
+        def window(state, _):
+            skipped_before = state.skipped
+            state, row = step(state, data, True)
+            if log_every > 1:
+                state, _ = lax.scan(lambda s, _: (step(s, data, False)[0], None), state, length=log_every - 1)
+            row["skipped"] = state.skipped > skipped_before
+            return state, row
+
+        state, rows = lax.scan(window, state, length=n_rows)
+        final = None
+        if end_loss:  # the loss the next step would record: what best_checkpoint ranks by
+            final = loss_of(state.params, batch_at(data, state.step, state.key, batch_size, shuffle))
+        return state, rows, final
+
+    return jax.jit(run_chunk, static_argnums=2)
+
+
+def _concat(parts: list[dict[str, jax.Array]]) -> dict[str, jax.Array]:
+    parts = [p for p in parts if p]
+    if len(parts) == 1:
+        return parts[0]
+    return {name: jnp.concatenate([p[name] for p in parts]) for name in parts[-1]}
+
+
+def _merge_stored(stored: dict[str, jax.Array], new: dict[str, jax.Array], n_rows: int) -> dict[str, jax.Array]:
+    """Aligns stored trace rows to the new run's keys: missing or reshaped entries become NaN / False rows."""
+    aligned = {}
+    for name, rows in new.items():
+        old = stored.get(name)
+        if old is not None and old.shape == (n_rows, *rows.shape[1:]):
+            aligned[name] = old.astype(rows.dtype)
+        else:
+            fill = False if rows.dtype == jnp.bool_ else jnp.nan
+            aligned[name] = jnp.full((n_rows, *rows.shape[1:]), fill, rows.dtype)
+    return aligned
+
+
+def fit(
+    loss_fn: Callable[[Any, Any], jax.Array],
+    params: Any,
+    optimizer: optax.GradientTransformation,
+    *,
+    steps: int,
+    key: jax.Array | None = None,
+    data: Any = None,
+    batch_size: int | None = None,
+    shuffle: bool = True,
+    schedule: Callable[[jax.Array], jax.Array] | None = None,
+    clip: Any = None,
+    weight_decay: Any = None,
+    early_stop: EarlyStop | None = None,
+    dtype: Any = "float32",
+    loss_scale: Any = None,
+    log_every: int = 1,
+    metrics_fn: Callable[[Any], Mapping[str, jax.Array]] | None = None,
+    groups: Any = "per_layer",
+    checkpoint_every: int | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    resume_from: str | os.PathLike | None = None,
+    reset_optimizer_state: bool = False,
+) -> FitResult:
+    """Runs ``steps`` optimizer steps of ``optimizer`` on ``loss_fn`` as one jitted ``lax.scan``.
+
+    Args:
+      loss_fn: ``(params, batch) -> scalar``; ``batch`` is None without ``data``, all of ``data`` without
+        ``batch_size``, else a mini-batch (leading axis ``batch_size``).
+      params: initial parameters (pytree or equinox Module; only inexact-array leaves are trained).
+      optimizer: any optax ``GradientTransformation`` (extra args ``value``/``grad``/``value_fn`` are passed).
+      steps: number of optimizer steps, >= 1.
+      key: PRNG key for the data order (required when drawing shuffled mini-batches).
+      data: pytree of arrays with a shared leading example axis, or None.
+      batch_size: mini-batch size (<= number of examples), None for full batch.
+      shuffle: per-epoch permutation (True) or fixed order (False) of mini-batches.
+      schedule: ``step -> multiplier`` of the update (see :mod:`optlab.engine.schedules`), None for 1.
+      clip: global-norm clipping threshold applied to the gradient before the optimizer, None for none.
+      weight_decay: decoupled weight decay per step (times the schedule), None for none.
+      early_stop: :class:`EarlyStop` or None.
+      dtype: ``"float16"``, ``"bfloat16"``, ``"float32"`` or ``"float64"`` (needs x64) for params, data, compute.
+      loss_scale: multiply the loss by this before differentiating and divide the gradient after (float16).
+      log_every: steps per trace row; must divide ``steps``.
+      metrics_fn: ``params -> {name: array}`` recorded as ``trace["metrics/<name>"]``.
+      groups: split for ``trace["group_grad_norms"]``: ``"per_layer"``, ``"per_leaf"``, ``"global"``, or a labels
+        pytree / callable (as ``layer_labels`` of the Newton-root optimizers).
+      checkpoint_every: save a checkpoint every this many steps (a multiple of ``log_every``) and at the end.
+      checkpoint_dir: where checkpoints go (``checkpoint_{step:06d}.eqx`` + ``.json``).
+      resume_from: a checkpoint file to continue from; its step must be <= ``steps``. Its stored key, counters and
+        trace are used; the result is bit-identical to an uninterrupted run.
+      reset_optimizer_state: on resume, ignore the stored optimizer state and use ``optimizer.init(params)``. This
+        also happens (with a warning) when the stored state does not fit ``optimizer`` (another optimizer).
+
+    Returns:
+      A :class:`FitResult`; ``trace`` has ``"loss"``, ``"grad_norm"``, ``"group_grad_norms"`` (rows, G),
+      ``"lr"``, ``"skipped"``, ``"step_scale"`` (rows, G) when the optimizer state has one, and ``"metrics/*"``.
+
+    Example:
+      >>> lrs = jnp.array([0.01, 0.1])
+      >>> losses = jax.vmap(lambda lr: fit(loss, jnp.zeros(2), optax.adam(lr), steps=50).trace["loss"])(lrs)
+    """
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable (params, batch) -> scalar, got {loss_fn!r}")
+    if not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
+        raise TypeError(f"optimizer must be an optax GradientTransformation, got {optimizer!r}")
+    steps = _int_arg("steps", steps, 1)
+    log_every = _int_arg("log_every", log_every, 1)
+    if steps % log_every:
+        raise ValueError(f"log_every={log_every} must divide steps={steps} (the trace has steps // log_every rows)")
+    dtype = _resolve_dtype(dtype)
+    if batch_size is not None:
+        batch_size = _int_arg("batch_size", batch_size, 1)
+        if data is None:
+            raise ValueError("batch_size needs data: pass data= (arrays with a leading example axis)")
+        if batch_size > (n := _n_examples(data)):
+            raise ValueError(f"batch_size={batch_size} exceeds the number of examples n={n}")
+    if not isinstance(shuffle, bool):
+        raise TypeError(f"shuffle must be True or False, got {shuffle!r}")
+    for name, fn in (("schedule", schedule), ("metrics_fn", metrics_fn)):
+        if fn is not None and not callable(fn):
+            raise TypeError(f"{name} must be callable or None, got {fn!r}")
+    _nonnegative("clip", clip, strict=True)
+    _nonnegative("weight_decay", weight_decay, strict=False)
+    _nonnegative("loss_scale", loss_scale, strict=True)
+    if early_stop is not None:
+        if not isinstance(early_stop, EarlyStop):
+            raise TypeError(f"early_stop must be EarlyStop(patience, min_delta) or None, got {early_stop!r}")
+        if not _is_traced(early_stop.patience):
+            _int_arg("early_stop.patience", early_stop.patience, 1)
+        _nonnegative("early_stop.min_delta", early_stop.min_delta, strict=False)
+    if checkpoint_every is not None:
+        checkpoint_every = _int_arg("checkpoint_every", checkpoint_every, 1)
+        if checkpoint_every % log_every:
+            raise ValueError(f"checkpoint_every={checkpoint_every} must be a multiple of log_every={log_every}")
+    if (checkpoint_every is None) != (checkpoint_dir is None):
+        raise ValueError("checkpoint_every and checkpoint_dir go together: pass both or neither")
+    if reset_optimizer_state and resume_from is None:
+        raise ValueError("reset_optimizer_state=True only applies with resume_from=<checkpoint>")
+    if key is None:
+        if batch_size is not None and shuffle:
+            raise ValueError("key is required to shuffle mini-batches (batch_size set, shuffle=True)")
+        key = jax.random.key(0)  # unused: the data order does not depend on it
+    elif not jnp.issubdtype(jnp.asarray(key).dtype, jax.dtypes.prng_key):
+        key = jax.random.wrap_key_data(key)
+
+    trainable, static = eqx.partition(params, eqx.is_inexact_array)
+    trainable = _cast(trainable, dtype)
+    data = _cast(data, dtype)
+
+    def combine(p):
+        return eqx.combine(p, static)
+
+    def loss_of(p, batch):
+        return loss_fn(combine(p), batch)
+
+    opt = optax.with_extra_args_support(optimizer)
+    opt_state = opt.init(trainable)
+    record_dtype = jnp.promote_types(dtype, jnp.float32)
+    ids, n_groups, _ = _group_ids(trainable, groups)
+    state = TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=trainable,
+        opt_state=opt_state,
+        key=key,
+        best_params=trainable,
+        best_loss=jnp.full((), jnp.inf, record_dtype),
+        best_step=jnp.full((), -1, jnp.int32),
+        wait=jnp.zeros((), jnp.int32),
+        stopped_at=jnp.full((), -1, jnp.int32),
+        skipped=jnp.zeros((), jnp.int32),
+    )
+    start, stored = 0, None
+    if resume_from is not None:
+        state, start, stored = _resume(resume_from, state, opt, steps, log_every, reset_optimizer_state)
+
+    run_chunk = _make_chunk(
+        loss_of, combine, opt, log_every=log_every, batch_size=batch_size, shuffle=shuffle, schedule=schedule,
+        clip=clip, weight_decay=weight_decay, early_stop=early_stop, loss_scale=loss_scale, ids=ids,
+        n_groups=n_groups, has_step_scale=bool(optax.tree.get_all_with_path(opt_state, "step_scale")),
+        metrics_fn=metrics_fn, record_dtype=record_dtype, end_loss=checkpoint_every is not None,
+    )
+    # Chunk ends: multiples of checkpoint_every (absolute steps, so a resumed run reuses the same chunk length).
+    every = checkpoint_every or steps
+    ends = sorted({*range((start // every + 1) * every, steps, every), steps}) if start < steps else []
+    n_stored = start // log_every
+    prefix: list[dict[str, jax.Array]] = []  # stored rows of a resumed run, aligned to this run's trace keys
+    parts: list[dict[str, jax.Array]] = []
+    for end in ends:
+        state, rows, final = run_chunk(state, data, (end - start) // log_every)
+        if stored is not None and not prefix:
+            prefix = [_merge_stored(stored, rows, n_stored)]
+        parts.append(rows)
+        if checkpoint_every is not None:
+            if _is_traced(state):
+                raise ValueError("checkpoint_every cannot be used inside jax.jit / jax.vmap (values are traced)")
+            ckpt.save_checkpoint(ckpt.checkpoint_path(checkpoint_dir, end), state, _concat(prefix + parts),
+                                 loss=final, log_every=log_every)
+        start = end
+    trace = _concat(prefix + parts) if parts else (stored or {})
+    return FitResult(
+        params=combine(state.params),
+        best_params=combine(state.best_params),
+        trace=trace,
+        best_step=state.best_step,
+        best_loss=state.best_loss,
+        stopped_at=jnp.where(state.stopped_at < 0, steps, state.stopped_at),
+        skipped_steps=state.skipped,
+        opt_state=state.opt_state,
+    )
+
+
+def _resume(path, state: TrainState, opt, steps: int, log_every: int, reset: bool):
+    """Loads ``path`` into a state like ``state``; returns (state, start step, stored trace rows)."""
+    meta = ckpt.read_meta(path)
+    start = int(meta["step"])
+    if start > steps:
+        raise ValueError(f"resume_from={str(path)!r} is at step {start}, beyond steps={steps}")
+    if int(meta["log_every"]) != log_every:
+        raise ValueError(f"resume_from={str(path)!r} was written with log_every={meta['log_every']}, "
+                         f"got log_every={log_every}")
+    keep_opt = not reset and ckpt.opt_state_matches(meta, state.opt_state)
+    if not reset and not keep_opt:
+        warnings.warn(
+            f"{path}: the stored optimizer state does not fit this optimizer; starting from optimizer.init(params)"
+            " (pass reset_optimizer_state=True to silence)", stacklevel=3)
+    loaded = ckpt.load_checkpoint(path, state if keep_opt else state._replace(opt_state=None))
+    resumed = loaded.state
+    if not keep_opt:
+        resumed = resumed._replace(opt_state=opt.init(resumed.params))
+    return resumed, start, loaded.trace

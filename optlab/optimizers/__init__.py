@@ -1,1 +1,29 @@
 """Optax GradientTransformations only: no training loops here."""
+
+from optlab.optimizers.grouping import SCALINGS, group_ids, group_sq_norms
+from optlab.optimizers.newton_root import NewtonRootState, newton_root, scale_by_newton_root
+from optlab.optimizers.preconditioned import (
+    NewtonRootAdamState,
+    NewtonRootHutchinsonState,
+    hutchinson_diagonal,
+    newton_root_adam,
+    newton_root_hutchinson,
+    scale_by_newton_root_adam,
+    scale_by_newton_root_hutchinson,
+)
+
+__all__ = [
+    "SCALINGS",
+    "NewtonRootAdamState",
+    "NewtonRootHutchinsonState",
+    "NewtonRootState",
+    "group_ids",
+    "group_sq_norms",
+    "hutchinson_diagonal",
+    "newton_root",
+    "newton_root_adam",
+    "newton_root_hutchinson",
+    "scale_by_newton_root",
+    "scale_by_newton_root_adam",
+    "scale_by_newton_root_hutchinson",
+]

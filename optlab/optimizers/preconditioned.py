@@ -1,9 +1,377 @@
-"""STUB: replaced by the optimizers work (issue 2)."""
+r"""Newton-root step along a preconditioned direction.
+
+Instead of stepping along the gradient :math:`g`, step along :math:`d = P g` for a positive
+diagonal preconditioner :math:`P`, by the root of the loss linearised along :math:`d`:
+
+.. math::
+  t = \min\left(\frac{L - f^\star}{g^\top d + \epsilon}, t_{\max}\right),\qquad
+  \text{update} = t\, d
+
+(:math:`t = 0` where :math:`g^\top d + \epsilon` is ~0), so that, uncapped,
+:math:`g^\top (t d) = L - f^\star`: the linearised loss reaches :math:`f^\star`. Two
+preconditioners are provided: Adam's :math:`P = 1/(\sqrt{\hat v} + \epsilon)` and a Hutchinson
+estimate of the Hessian diagonal, :math:`P = 1/(\lvert\operatorname{diag} H\rvert + \lambda)`.
+
+Closest relatives: MoMo-Adam (Schaipp et al. 2023, :func:`optax.contrib.momo_adam`, which adds
+momentum and a model of past losses) and preconditioned SPS (Abdukhakimov et al. 2023, which
+uses the :math:`P`-norm :math:`g^\top P g` in the Polyak step exactly as here).
+
+References:
+  Schaipp et al., `MoMo: Momentum Models for Adaptive Learning Rates
+  <https://arxiv.org/abs/2305.07583>`_, 2023.
+  Abdukhakimov et al., `Stochastic Gradient Descent with Preconditioned Polyak Step-size
+  <https://arxiv.org/abs/2310.02093>`_, 2023.
+  Hutchinson, `A stochastic estimator of the trace of the influence matrix for Laplacian
+  smoothing splines`, 1990.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.flatten_util
+import jax.numpy as jnp
+import optax
+
+from optlab.optimizers import grouping
+from optlab.optimizers.newton_root import VARIANTS, missing_value_error, root_step, suboptimality_gap
 
 
-def newton_root_adam(*args, **kwargs):
-    raise NotImplementedError
+class NewtonRootAdamState(NamedTuple):
+    """State of :func:`scale_by_newton_root_adam`."""
+
+    count: jax.Array  # shape=(), int32: steps applied (drives Adam's bias correction).
+    nu: optax.Updates  # like params: EMA of squared gradients (Adam's second moment).
+    step_scale: jax.Array  # shape=(1,), float: last step t (0 on a skipped step).
+    skipped: jax.Array  # shape=(), int32: steps skipped for a non-finite loss or gradient.
 
 
-def newton_root_hutchinson(*args, **kwargs):
-    raise NotImplementedError
+class NewtonRootHutchinsonState(NamedTuple):
+    """State of :func:`scale_by_newton_root_hutchinson`."""
+
+    count: jax.Array  # shape=(), int32: steps applied.
+    key: jax.Array  # uint32 key data of the PRNG key for the next probes.
+    hess_diag: optax.Updates  # like params: (EMA of) the Hutchinson estimate of diag H.
+    step_scale: jax.Array  # shape=(1,), float: last step t (0 on a skipped step).
+    skipped: jax.Array  # shape=(), int32: steps skipped for a non-finite loss, gradient or estimate.
+
+
+def _root_update(
+    updates: optax.Updates,
+    direction: optax.Updates,
+    value: jax.typing.ArrayLike,
+    f_min: jax.typing.ArrayLike,
+    max_scale: jax.typing.ArrayLike,
+    denominator_eps: jax.typing.ArrayLike,
+    variant: str,
+    extra_ok: jax.Array | bool = True,
+) -> tuple[optax.Updates, jax.Array, jax.Array]:
+    """Returns ``(t * d or 0, t (1,), skip)`` for gradient ``updates`` and direction ``d``."""
+    slope = jnp.asarray(optax.tree.vdot(updates, direction))
+    dtype = grouping.norm_dtype(updates)
+    slope = slope.astype(dtype)
+    gap = suboptimality_gap(value, f_min, variant, dtype)
+    step = root_step(gap, slope + denominator_eps, max_scale)
+    skip = ~(jnp.isfinite(gap) & jnp.isfinite(slope) & extra_ok)
+    step = jnp.where(skip, jnp.zeros_like(step), step)[None]
+    return grouping.scale_groups(direction, step, (0,) * len(jax.tree.leaves(direction)), zero=skip), step, skip
+
+
+def _check_variant(variant: str) -> None:
+    grouping.check_choice("variant", variant, VARIANTS)
+
+
+def scale_by_newton_root_adam(
+    *,
+    b2: jax.typing.ArrayLike = 0.999,
+    eps: jax.typing.ArrayLike = 1e-8,
+    f_min: jax.typing.ArrayLike = 0.0,
+    max_scale: jax.typing.ArrayLike = math.inf,
+    variant: str = "sps",
+    denominator_eps: jax.typing.ArrayLike = 0.0,
+) -> optax.GradientTransformationExtraArgs:
+    r"""Newton-root step along Adam's preconditioned gradient.
+
+    .. math::
+      v_t = \beta_2 v_{t-1} + (1-\beta_2) g^2,\quad \hat v = v_t/(1-\beta_2^t),\quad
+      d = g / (\sqrt{\hat v} + \epsilon),\quad
+      t = \min\left(\frac{L - f^\star}{g^\top d + \epsilon_d}, t_{\max}\right)
+
+    and the update is :math:`t\,d` (no sign flip). No first moment: the direction is the current
+    gradient, so :math:`g^\top d > 0` and the step is the root of the linearised loss along
+    :math:`d`. A non-finite loss or gradient gives a zero update, leaves :math:`v` and ``count``
+    unchanged and increments ``skipped``.
+
+    Args:
+      b2: decay of the second moment (traceable).
+      eps: Adam's epsilon in the preconditioner (traceable).
+      f_min: lower bound (guess) of the loss (traceable).
+      max_scale: cap :math:`t_{\max}` on the step (traceable).
+      variant: ``"sps"`` or ``"sps+"`` (gap clipped at 0).
+      denominator_eps: :math:`\epsilon_d` added to :math:`g^\top d` (traceable).
+
+    Returns:
+      An :class:`optax.GradientTransformationExtraArgs` whose update needs ``value=`` (the loss).
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> f = lambda p: jnp.sum(jnp.array([1.0, 10.0]) * p**2)
+      >>> tx = scale_by_newton_root_adam()
+      >>> p = jnp.array([1.0, 1.0]); state = tx.init(p)
+      >>> loss, g = jax.value_and_grad(f)(p)
+      >>> u, state = tx.update(g, state, p, value=loss)
+      >>> bool(jnp.allclose(jnp.vdot(g, u), loss))  # linearised root: g . update = L - f_min
+      True
+
+    References:
+      Schaipp et al., MoMo (:func:`optax.contrib.momo_adam`), 2023; Abdukhakimov et al.,
+      preconditioned SPS, 2023.
+    """
+    _check_variant(variant)
+
+    def init_fn(params: optax.Params) -> NewtonRootAdamState:
+        dtype = grouping.norm_dtype(params)
+        return NewtonRootAdamState(
+            count=jnp.zeros([], jnp.int32),
+            nu=optax.tree.zeros_like(params),
+            step_scale=jnp.zeros((1,), dtype),
+            skipped=jnp.zeros([], jnp.int32),
+        )
+
+    def update_fn(
+        updates: optax.Updates,
+        state: NewtonRootAdamState,
+        params: optax.Params | None = None,
+        *,
+        value: jax.typing.ArrayLike | None = None,
+        **extra_args: Any,
+    ) -> tuple[optax.Updates, NewtonRootAdamState]:
+        del params, extra_args  # Only the gradient and the loss enter the step.
+        if value is None:
+            raise missing_value_error("scale_by_newton_root_adam")
+        count = optax.safe_increment(state.count)
+        nu = optax.tree.update_moment_per_elem_norm(updates, state.nu, b2, 2)
+        nu_hat = optax.tree.bias_correction(nu, b2, count)
+        direction = jax.tree.map(lambda g, v: g / (jnp.sqrt(v) + eps), updates, nu_hat)
+        new_updates, step, skip = _root_update(
+            updates, direction, value, f_min, max_scale, denominator_eps, variant
+        )
+        new_state = NewtonRootAdamState(
+            count=jnp.where(skip, state.count, count),
+            nu=optax.tree.where(skip, state.nu, nu),
+            step_scale=step.astype(state.step_scale.dtype),
+            skipped=state.skipped + skip.astype(jnp.int32),
+        )
+        return new_updates, new_state
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def hutchinson_diagonal(
+    value_fn: Callable[[optax.Params], jax.Array], params: optax.Params, key: jax.Array, n_probes: int
+) -> optax.Params:
+    r"""Hutchinson estimate of the Hessian diagonal, :math:`\frac1k\sum_i z_i \odot H z_i`.
+
+    Each :math:`z_i` is Rademacher (entries :math:`\pm1`) and :math:`Hz` is a forward-over-reverse
+    Hessian-vector product (``jax.jvp`` of ``jax.grad(value_fn)``); the probes are vmapped. The
+    estimate is exact for a diagonal Hessian, since then :math:`z \odot H z = \operatorname{diag}(H)
+    \odot z^2`.
+
+    Args:
+      value_fn: ``params -> scalar loss``.
+      params: where the Hessian is taken.
+      key: PRNG key.
+      n_probes: number of probes :math:`k` (static).
+
+    Returns:
+      A pytree like ``params``.
+    """
+    grad_fn = jax.grad(value_fn)
+    flat, unravel = jax.flatten_util.ravel_pytree(params)
+    # One draw for all probes and leaves: a single PRNG call compiles and runs faster than one per leaf.
+    probes = jax.random.rademacher(key, (n_probes, flat.size), flat.dtype)
+
+    def one_probe(z_flat: jax.Array) -> optax.Params:
+        z = unravel(z_flat)
+        _, hz = jax.jvp(grad_fn, (params,), (z,))
+        return jax.tree.map(jnp.multiply, z, hz)
+
+    estimates = jax.vmap(one_probe)(probes)
+    return jax.tree.map(lambda e: jnp.mean(e, axis=0), estimates)
+
+
+def scale_by_newton_root_hutchinson(
+    *,
+    n_probes: int = 1,
+    damping: jax.typing.ArrayLike = 1e-4,
+    ema: jax.typing.ArrayLike = 0.0,
+    f_min: jax.typing.ArrayLike = 0.0,
+    max_scale: jax.typing.ArrayLike = math.inf,
+    seed: jax.typing.ArrayLike = 0,
+    variant: str = "sps",
+    denominator_eps: jax.typing.ArrayLike = 0.0,
+) -> optax.GradientTransformationExtraArgs:
+    r"""Newton-root step along the gradient preconditioned by a Hutchinson Hessian diagonal.
+
+    .. math::
+      D_t = \begin{cases}\hat D_t & t = 1\\ \beta D_{t-1} + (1-\beta)\hat D_t & t > 1\end{cases},
+      \quad d = g / (\lvert D_t\rvert + \lambda),\quad
+      t = \min\left(\frac{L - f^\star}{g^\top d + \epsilon_d}, t_{\max}\right)
+
+    with :math:`\hat D_t` the Hutchinson estimate from ``n_probes`` Rademacher probes
+    (:func:`hutchinson_diagonal`) and :math:`\beta` = ``ema``. The update is :math:`t\,d` (no
+    sign flip). Each step costs ``n_probes`` extra Hessian-vector products. The PRNG key lives in
+    the state (seeded by ``seed``) and advances every step. A non-finite loss, gradient or estimate
+    gives a zero update, keeps :math:`D` and ``count`` and increments ``skipped``.
+
+    Args:
+      n_probes: Rademacher probes per step (static, >= 1).
+      damping: :math:`\lambda`, added to :math:`\lvert D\rvert` (traceable).
+      ema: :math:`\beta`, EMA decay of the estimate; 0 uses the current estimate (traceable).
+      f_min: lower bound (guess) of the loss (traceable).
+      max_scale: cap :math:`t_{\max}` on the step (traceable).
+      seed: seed of the probe PRNG key (traceable integer).
+      variant: ``"sps"`` or ``"sps+"``.
+      denominator_eps: :math:`\epsilon_d` added to :math:`g^\top d` (traceable).
+
+    Returns:
+      An :class:`optax.GradientTransformationExtraArgs` whose update needs ``params``, ``value=``
+      (the loss) and ``value_fn=`` (``params -> loss`` of the current batch), as
+      :func:`optax.scale_by_zoom_linesearch` takes it.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> f = lambda p: jnp.sum(jnp.array([1.0, 10.0]) * p**2)
+      >>> tx = scale_by_newton_root_hutchinson(damping=0.0)
+      >>> p = jnp.array([1.0, 1.0]); state = tx.init(p)
+      >>> loss, g = jax.value_and_grad(f)(p)
+      >>> u, state = tx.update(g, state, p, value=loss, value_fn=f)
+      >>> state.hess_diag  # exact for a diagonal Hessian
+      Array([ 2., 20.], dtype=float32)
+
+    References:
+      Abdukhakimov et al., preconditioned SPS, 2023; Schaipp et al., MoMo, 2023;
+      Yao et al., `AdaHessian <https://arxiv.org/abs/2006.00719>`_, 2021.
+    """
+    _check_variant(variant)
+    if isinstance(n_probes, bool) or not isinstance(n_probes, int) or n_probes < 1:
+        raise ValueError(f"n_probes={n_probes!r} must be a Python int >= 1 (it fixes the number of probes)")
+
+    def init_fn(params: optax.Params) -> NewtonRootHutchinsonState:
+        dtype = grouping.norm_dtype(params)
+        return NewtonRootHutchinsonState(
+            count=jnp.zeros([], jnp.int32),
+            # Raw key data, so optax wrappers that jnp.where / cast the state handle it.
+            key=jax.random.key_data(jax.random.key(seed)),
+            hess_diag=optax.tree.zeros_like(params),
+            step_scale=jnp.zeros((1,), dtype),
+            skipped=jnp.zeros([], jnp.int32),
+        )
+
+    def update_fn(
+        updates: optax.Updates,
+        state: NewtonRootHutchinsonState,
+        params: optax.Params | None = None,
+        *,
+        value: jax.typing.ArrayLike | None = None,
+        value_fn: Callable[[optax.Params], jax.Array] | None = None,
+        **extra_args: Any,
+    ) -> tuple[optax.Updates, NewtonRootHutchinsonState]:
+        del extra_args  # value_fn carries the batch; nothing else enters the step.
+        if value is None:
+            raise missing_value_error("scale_by_newton_root_hutchinson")
+        if value_fn is None:
+            raise TypeError(
+                "scale_by_newton_root_hutchinson.update needs value_fn=<params -> loss of the current batch> "
+                "to estimate the Hessian diagonal"
+            )
+        if params is None:
+            raise ValueError("scale_by_newton_root_hutchinson.update needs params (the Hessian is taken there)")
+        key, probe_key = jax.random.split(jax.random.wrap_key_data(state.key))
+        estimate = hutchinson_diagonal(value_fn, params, probe_key, n_probes)
+        first = state.count == 0
+        hess_diag = jax.tree.map(
+            lambda old, new: jnp.where(first, new, ema * old + (1 - ema) * new).astype(old.dtype),
+            state.hess_diag,
+            estimate,
+        )
+        direction = jax.tree.map(lambda g, h: g / (jnp.abs(h) + damping), updates, hess_diag)
+        estimate_ok = jnp.isfinite(optax.tree.sum(hess_diag))
+        new_updates, step, skip = _root_update(
+            updates, direction, value, f_min, max_scale, denominator_eps, variant, estimate_ok
+        )
+        new_state = NewtonRootHutchinsonState(
+            count=jnp.where(skip, state.count, optax.safe_increment(state.count)),
+            key=jax.random.key_data(key),
+            hess_diag=optax.tree.where(skip, state.hess_diag, hess_diag),
+            step_scale=step.astype(state.step_scale.dtype),
+            skipped=state.skipped + skip.astype(jnp.int32),
+        )
+        return new_updates, new_state
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def newton_root_adam(
+    learning_rate: optax.ScalarOrSchedule = 1.0,
+    *,
+    b2: jax.typing.ArrayLike = 0.999,
+    eps: jax.typing.ArrayLike = 1e-8,
+    f_min: jax.typing.ArrayLike = 0.0,
+    max_scale: jax.typing.ArrayLike = math.inf,
+    variant: str = "sps",
+    denominator_eps: jax.typing.ArrayLike = 0.0,
+) -> optax.GradientTransformationExtraArgs:
+    r"""Ready optimizer: :func:`scale_by_newton_root_adam`, then :math:`-\eta` (linear in ``learning_rate``).
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax
+      >>> f = lambda p: jnp.sum(jnp.array([1.0, 10.0]) * p**2)
+      >>> opt = newton_root_adam(0.5)
+      >>> p = jnp.array([1.0, 1.0]); state = opt.init(p)
+      >>> loss, g = jax.value_and_grad(f)(p)
+      >>> u, state = opt.update(g, state, p, value=loss)
+      >>> bool(f(optax.apply_updates(p, u)) < loss)
+      True
+    """
+    return optax.chain(
+        scale_by_newton_root_adam(
+            b2=b2, eps=eps, f_min=f_min, max_scale=max_scale, variant=variant, denominator_eps=denominator_eps
+        ),
+        optax.scale_by_learning_rate(learning_rate),
+    )
+
+
+def newton_root_hutchinson(
+    learning_rate: optax.ScalarOrSchedule = 1.0,
+    *,
+    n_probes: int = 1,
+    damping: jax.typing.ArrayLike = 1e-4,
+    ema: jax.typing.ArrayLike = 0.0,
+    f_min: jax.typing.ArrayLike = 0.0,
+    max_scale: jax.typing.ArrayLike = math.inf,
+    seed: jax.typing.ArrayLike = 0,
+    variant: str = "sps",
+    denominator_eps: jax.typing.ArrayLike = 0.0,
+) -> optax.GradientTransformationExtraArgs:
+    r"""Ready optimizer: :func:`scale_by_newton_root_hutchinson`, then :math:`-\eta`.
+
+    ``update`` needs ``params``, ``value=`` and ``value_fn=``. With ``optax.inject_hyperparams``
+    pass ``static_args="n_probes"`` (it fixes array shapes).
+    """
+    return optax.chain(
+        scale_by_newton_root_hutchinson(
+            n_probes=n_probes,
+            damping=damping,
+            ema=ema,
+            f_min=f_min,
+            max_scale=max_scale,
+            seed=seed,
+            variant=variant,
+            denominator_eps=denominator_eps,
+        ),
+        optax.scale_by_learning_rate(learning_rate),
+    )

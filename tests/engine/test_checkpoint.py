@@ -1,0 +1,192 @@
+"""Checkpoints: bit-identical resume, fresh-optimizer resume, listing, and clear errors for bad files."""
+
+import json
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from optlab.engine import EarlyStop, fit, schedules
+from optlab.engine.checkpoint import (
+    CheckpointError,
+    TrainState,
+    best_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    read_meta,
+    save_checkpoint,
+)
+
+X = jnp.linspace(-1.0, 1.0, 16).reshape(8, 2)
+DATA = {"x": X, "y": X @ jnp.array([2.0, -1.0]) + 0.5}
+PARAMS = {"w": jnp.zeros(2), "b": jnp.zeros(())}
+
+
+def mse(params, batch):
+    return jnp.mean((batch["x"] @ params["w"] + params["b"] - batch["y"]) ** 2)
+
+
+def shuffled_run(steps, **kwargs):
+    """Adam on shuffled mini-batches with a schedule: every piece of state a resume must restore."""
+    return fit(mse, PARAMS, optax.adam(0.05), steps=steps, data=DATA, batch_size=3, key=jax.random.key(3),
+               log_every=2, schedule=schedules.cosine(20, lr_min=0.1), early_stop=EarlyStop(50, 1e-4), **kwargs)
+
+
+def assert_same_run(a, b):
+    chex.assert_trees_all_equal(a.params, b.params)
+    chex.assert_trees_all_equal(a.best_params, b.best_params)
+    chex.assert_trees_all_equal(a.opt_state, b.opt_state)
+    chex.assert_trees_all_equal(a.trace, b.trace)
+    for field in ("best_step", "best_loss", "stopped_at", "skipped_steps"):
+        np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
+
+
+def test_resume_is_bit_identical(tmp_path):
+    uninterrupted = shuffled_run(20)
+    interrupted = shuffled_run(12, checkpoint_every=4, checkpoint_dir=tmp_path)
+    assert [p.name for p in list_checkpoints(tmp_path)] == [f"checkpoint_{s:06d}.eqx" for s in (4, 8, 12)]
+    assert (tmp_path / "checkpoint_000008.json").is_file()
+    chex.assert_trees_all_equal(interrupted.trace, jax.tree.map(lambda r: r[:6], uninterrupted.trace))
+    # Resume from before the last checkpoint, checkpointing again: chunks stay aligned to multiples of 4.
+    resumed = shuffled_run(20, resume_from=tmp_path / "checkpoint_000008.eqx", checkpoint_every=4,
+                           checkpoint_dir=tmp_path)
+    assert_same_run(resumed, uninterrupted)
+    assert read_meta(tmp_path / "checkpoint_000020.eqx")["step"] == 20
+
+
+def test_early_stop_counters_survive_resume(tmp_path):
+    forward = optax.GradientTransformation(lambda p: optax.EmptyState(),
+                                           lambda g, s, p=None: (optax.tree.full_like(g, 1.0), s))
+
+    def run(**kwargs):  # p = 0, 1, 2, ...: loss (p - 3.2)^2 is best at step 3, patience 2 stops at step 5
+        return fit(lambda p, b: (p - 3.2) ** 2, jnp.zeros(()), forward, steps=10, early_stop=EarlyStop(2), **kwargs)
+
+    run(checkpoint_every=4, checkpoint_dir=tmp_path)
+    resumed = run(resume_from=tmp_path / "checkpoint_000004.eqx")  # wait = 1 at step 4 must be restored
+    assert int(resumed.stopped_at) == 5 and int(resumed.best_step) == 3 and float(resumed.params) == 5.0
+
+
+def test_best_checkpoint_has_lowest_recorded_loss(tmp_path):
+    result = fit(mse, PARAMS, optax.sgd(0.9), steps=12, data=DATA, checkpoint_every=3, checkpoint_dir=tmp_path)
+    losses = {int(read_meta(p)["step"]): read_meta(p)["loss"] for p in list_checkpoints(tmp_path)}
+    assert sorted(losses) == [3, 6, 9, 12]
+    for step in (3, 6, 9):  # the recorded loss is the loss at the saved params: the next trace row
+        np.testing.assert_allclose(losses[step], result.trace["loss"][step], rtol=1e-6)
+    best = best_checkpoint(tmp_path)
+    assert read_meta(best)["loss"] == min(losses.values())
+
+
+def test_reset_optimizer_state_and_optimizer_switch(tmp_path):
+    params_8 = fit(mse, PARAMS, optax.adam(0.05), steps=8, data=DATA, checkpoint_every=8,
+                   checkpoint_dir=tmp_path).params
+    path = tmp_path / "checkpoint_000008.eqx"
+
+    reset = fit(mse, PARAMS, optax.adam(0.05), steps=16, data=DATA, resume_from=path, reset_optimizer_state=True)
+    fresh = fit(mse, params_8, optax.adam(0.05), steps=8, data=DATA)  # fresh moments from the step-8 params
+    chex.assert_trees_all_close(reset.params, fresh.params, rtol=1e-6, atol=1e-7)
+    assert int(reset.opt_state[0].count) == 8  # moments restarted at the resume point (16 when kept)
+
+    with pytest.warns(UserWarning, match="checkpoint_000008.eqx.*does not fit"):
+        switched = fit(mse, PARAMS, optax.sgd(0.1), steps=16, data=DATA, resume_from=path)
+    sgd_only = fit(mse, params_8, optax.sgd(0.1), steps=8, data=DATA)
+    chex.assert_trees_all_close(switched.params, sgd_only.params, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(switched.trace["loss"][8:], sgd_only.trace["loss"], rtol=1e-6)
+
+
+def test_resume_inside_vmap_over_learning_rates(tmp_path):
+    fit(mse, PARAMS, optax.adam(0.05), steps=4, data=DATA, checkpoint_every=4, checkpoint_dir=tmp_path)
+    path = tmp_path / "checkpoint_000004.eqx"
+
+    def run(lr):
+        return fit(mse, PARAMS, optax.sgd(lr), steps=8, data=DATA, resume_from=path,
+                   reset_optimizer_state=True).trace["loss"]
+
+    batched = jax.vmap(run)(jnp.array([0.05, 0.2]))
+    np.testing.assert_allclose(batched[1], run(0.2), rtol=1e-6)
+    np.testing.assert_array_equal(batched[0, :4], batched[1, :4])  # the stored rows are shared
+
+
+def _saved(tmp_path):
+    state = TrainState(
+        step=jnp.array(6, jnp.int32),
+        params={"w": jnp.arange(3, dtype=jnp.bfloat16)},
+        opt_state=optax.adam(0.1).init({"w": jnp.arange(3, dtype=jnp.bfloat16)}),
+        key=jax.random.key(7),
+        best_params={"w": jnp.ones(3, jnp.bfloat16)},
+        best_loss=jnp.array(0.5),
+        best_step=jnp.array(4, jnp.int32),
+        wait=jnp.array(2, jnp.int32),
+        stopped_at=jnp.array(-1, jnp.int32),
+        skipped=jnp.array(1, jnp.int32),
+    )
+    trace = {"loss": jnp.arange(3.0), "skipped": jnp.array([False, True, False])}
+    return save_checkpoint(tmp_path / "checkpoint_000006", state, trace, loss=0.25, log_every=2), state, trace
+
+
+def test_save_load_roundtrip(tmp_path):
+    path, state, trace = _saved(tmp_path)
+    assert path.name == "checkpoint_000006.eqx" and not list(tmp_path.glob(".*"))  # no temp files left
+    loaded = load_checkpoint(path, state)
+    chex.assert_trees_all_equal(jax.random.key_data(loaded.state.key), jax.random.key_data(state.key))
+    chex.assert_trees_all_equal(loaded.state._replace(key=None), state._replace(key=None))
+    chex.assert_trees_all_equal(loaded.trace, trace)
+    assert loaded.meta["loss"] == 0.25 and loaded.meta["step"] == 6
+    assert load_checkpoint(path, state._replace(opt_state=None)).state.opt_state is None
+
+
+@pytest.mark.parametrize(
+    ("damage", "match"),
+    [
+        (lambda p: p.write_bytes(p.read_bytes()[:-7]), "truncated"),
+        (lambda p: p.write_bytes(p.read_bytes()[:40] + b"\x00" + p.read_bytes()[41:]), "corrupted"),
+        (lambda p: p.unlink(), "missing"),
+        (lambda p: p.with_suffix(".json").unlink(), "missing"),
+        (lambda p: p.with_suffix(".json").write_text("{"), "sidecar is corrupt"),
+    ],
+    ids=["truncated", "bit-flip", "no-eqx", "no-json", "bad-json"],
+)
+def test_damaged_checkpoint_names_file_and_reason(tmp_path, damage, match):
+    path, state, _ = _saved(tmp_path)
+    damage(path)
+    with pytest.raises(CheckpointError, match=f"checkpoint_000006.*{match}"):
+        load_checkpoint(path, state)
+
+
+def test_structure_mismatch_is_reported(tmp_path):
+    path, state, _ = _saved(tmp_path)
+    wrong = state._replace(params={"w": jnp.zeros(4, jnp.bfloat16)})
+    with pytest.raises(CheckpointError, match=r"checkpoint_000006.eqx.*structure mismatch.*\[3\].*\[4\]"):
+        load_checkpoint(path, wrong)
+    with pytest.raises(CheckpointError, match="checkpoint_000006.eqx.*structure mismatch in opt_state"):
+        load_checkpoint(path, state._replace(opt_state=optax.sgd(0.1, momentum=0.9).init(state.params)))
+
+
+def test_fit_reports_bad_resume(tmp_path):
+    fit(mse, PARAMS, optax.sgd(0.1), steps=4, data=DATA, log_every=2, checkpoint_every=2, checkpoint_dir=tmp_path)
+    path = tmp_path / "checkpoint_000004.eqx"
+    with pytest.raises(ValueError, match="step 4, beyond steps=2"):
+        fit(mse, PARAMS, optax.sgd(0.1), steps=2, data=DATA, log_every=2, resume_from=path)
+    with pytest.raises(ValueError, match="log_every=2"):
+        fit(mse, PARAMS, optax.sgd(0.1), steps=8, data=DATA, resume_from=path)
+    with pytest.raises(CheckpointError, match="checkpoint_000004.eqx.*structure mismatch"):
+        fit(mse, {"w": jnp.zeros(3), "b": jnp.zeros(())}, optax.sgd(0.1), steps=8, data=DATA, log_every=2,
+            resume_from=path)
+    path.write_bytes(path.read_bytes()[:-1])
+    with pytest.raises(CheckpointError, match="checkpoint_000004.eqx.*truncated"):
+        fit(mse, PARAMS, optax.sgd(0.1), steps=8, data=DATA, log_every=2, resume_from=path)
+    assert json.loads(path.with_suffix(".json").read_text())["step"] == 4
+
+
+def test_checkpointing_inside_vmap_raises(tmp_path):
+    with pytest.raises(ValueError, match="checkpoint_every cannot be used inside"):
+        jax.vmap(lambda lr: fit(mse, PARAMS, optax.sgd(lr), steps=2, data=DATA, checkpoint_every=2,
+                                checkpoint_dir=tmp_path).params)(jnp.array([0.1, 0.2]))
+
+
+def test_best_checkpoint_of_empty_dir_raises(tmp_path):
+    assert list_checkpoints(tmp_path / "none") == []
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        best_checkpoint(tmp_path)
