@@ -83,7 +83,9 @@ def verdict_name(code) -> str | np.ndarray:
     return str(names) if codes.ndim == 0 else names
 
 
-def divergence(loss, *, rel_tol: float = 0.05, tail: float = 0.1, floor: float = 0.0) -> Divergence:
+def divergence(
+    loss, *, rel_tol: float = 0.05, tail: float = 0.1, floor: float = 0.0, plateau_tol: float | None = None
+) -> Divergence:
     """Best point, divergence onset and a verdict for one loss trace.
 
     .. math::
@@ -95,21 +97,24 @@ def divergence(loss, *, rel_tol: float = 0.05, tail: float = 0.1, floor: float =
     The onset is the first step after the best from which the loss stays above the divergence level ``ℓ`` until the
     end of the trace (non-finite losses count as above), i.e. the start of the final excursion; short spikes that
     come back below ``ℓ`` are not an onset. For positive losses ``ℓ = best·(1 + rel_tol)``.
+    The best point of a noisy (mini-batch or zig-zagging) trace is a lucky low, so choose ``rel_tol`` above the
+    noise level (or pass a smoothed trace) to read ``diverged`` as "left the best level for good".
 
     Verdict rules, first match wins:
 
     - ``nan``: some loss is NaN or inf.
     - ``diverged``: an onset exists.
     - ``plateaued``: over the last ``tail`` share of the trace (``k = max(1, ceil(tail·T))`` steps, from row
-      ``T-1-k``) the loss fell by less than ``rel_tol`` relative to its value there, and the final loss is above
+      ``T-1-k``) the loss fell by less than ``plateau_tol`` relative to its value there, and the final loss is above
       ``floor``. Pass the known minimum loss (plus a tolerance) as ``floor`` to tell "stuck" from "done".
     - ``converged``: otherwise (still improving at the end, or at/below ``floor``).
 
     Args:
       loss: (T,) loss trace.
-      rel_tol: relative tolerance for both the divergence level and the plateau test.
+      rel_tol: relative tolerance of the divergence level.
       tail: share of the trace used for the plateau test (Python float in (0, 1]).
       floor: losses at or below it count as converged and never as divergence.
+      plateau_tol: relative drop over the tail below which the run plateaued; None means ``rel_tol``.
 
     Returns:
       :class:`Divergence`.
@@ -140,7 +145,7 @@ def divergence(loss, *, rel_tol: float = 0.05, tail: float = 0.1, floor: float =
     ref = loss[max(n - 1 - k, 0)]
     drop = ref - final
     rel_drop = jnp.where(jnp.abs(ref) > 0, drop / jnp.abs(ref), jnp.where(drop > 0, jnp.inf, 0.0))
-    plateau = (rel_drop < rel_tol) & (final > floor)
+    plateau = (rel_drop < (rel_tol if plateau_tol is None else plateau_tol)) & (final > floor)
     verdict = jnp.where(
         ~finite.all(), NAN, jnp.where(onset_step >= 0, DIVERGED, jnp.where(plateau, PLATEAUED, CONVERGED))
     ).astype(jnp.int32)
@@ -218,7 +223,8 @@ def convergence_rate(values, start: int = 0, stop: int | None = None) -> jax.Arr
 
     .. math::
 
-        \\rho = \\exp(\\hat\\beta), \\quad (\\hat\\alpha, \\hat\\beta) = \\arg\\min \\sum_t (\\log|v_t| - \\alpha - \\beta t)^2
+        \\rho = \\exp(\\hat\\beta), \\quad
+        (\\hat\\alpha, \\hat\\beta) = \\arg\\min \\sum_t (\\log|v_t| - \\alpha - \\beta t)^2
 
     For ``x_n = a + (x_0 - a)/2^n`` it is 1/2 on the distance ``|x_n - a|`` and 1/4 on the loss ``(x_n - a)^2``.
     Zero or non-finite values are left out of the fit; fewer than two usable values give NaN.

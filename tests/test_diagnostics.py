@@ -102,12 +102,18 @@ def test_plateau_versus_converged_and_floor():
     stuck = jnp.concatenate([jnp.linspace(1.0, 0.5, 10), jnp.full(90, 0.5)])
     assert dg.verdict_name(divergence(stuck).verdict) == "plateaued"
     assert dg.verdict_name(divergence(stuck, floor=0.5).verdict) == "converged"
+    slow = 0.999 ** jnp.arange(100.0)  # the last 10% improves by ~1%
+    assert dg.verdict_name(divergence(slow).verdict) == "plateaued"
+    assert dg.verdict_name(divergence(slow, plateau_tol=0.005).verdict) == "converged"
     _, still_improving = halving_trace(n=20)
     assert dg.verdict_name(divergence(still_improving).verdict) == "converged"
 
 
 @settings(deadline=None, max_examples=25)
-@given(st.lists(st.floats(0.0, 10.0, width=32, allow_subnormal=False), min_size=16, max_size=16), st.sampled_from([0.0, 0.05, 0.5]))
+@given(
+    st.lists(st.floats(0.0, 10.0, width=32, allow_subnormal=False), min_size=16, max_size=16),  # XLA flushes subnormals
+    st.sampled_from([0.0, 0.05, 0.5]),
+)
 def test_divergence_matches_reference(values, rel_tol):
     loss = np.asarray(values, np.float32)
     d = divergence(loss, rel_tol=rel_tol)

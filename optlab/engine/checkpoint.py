@@ -22,6 +22,7 @@ import math
 import os
 import pathlib
 import tempfile
+import warnings
 from typing import Any, NamedTuple
 
 import equinox as eqx
@@ -92,10 +93,15 @@ def _finite_or_none(value: Any) -> float | None:
 
 
 def _atomic_write(path: pathlib.Path, data: bytes) -> None:
+    # A reader sees the old file or the new one, never a partial write (same directory: os.replace is atomic).
     with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
+        try:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        except BaseException:
+            os.unlink(handle.name)
+            raise
     os.replace(handle.name, path)
 
 
@@ -233,12 +239,69 @@ def load_checkpoint(path: str | os.PathLike, like: TrainState) -> Checkpoint:
     return Checkpoint(core._replace(opt_state=opt_state, key=key), trace, meta)
 
 
+def resume(
+    path: str | os.PathLike,
+    like: TrainState,
+    init_opt_state: Any,
+    *,
+    steps: int,
+    log_every: int,
+    reset_optimizer_state: bool = False,
+) -> tuple[TrainState, int, dict[str, jax.Array]]:
+    """Loads ``path`` to continue a run; the stored optimizer state is kept only when it fits ``like.opt_state``.
+
+    Args:
+      path: the checkpoint.
+      like: the fresh state of the resuming run (its structure, shapes and dtypes).
+      init_opt_state: ``params -> opt_state`` (``optimizer.init``), used when the stored state is not.
+      steps: the resuming run's total steps (the checkpoint's step must not exceed it).
+      log_every: must equal the stored one (trace rows line up).
+      reset_optimizer_state: ignore the stored optimizer state (fresh moments). A stored state of another layout
+        (another optimizer) is ignored too, with a warning.
+
+    Returns:
+      ``(state, step, trace rows so far)``.
+    """
+    meta = read_meta(path)
+    start = int(meta["step"])
+    if start > steps:
+        raise ValueError(f"resume_from={str(path)!r} is at step {start}, beyond steps={steps}")
+    if int(meta["log_every"]) != log_every:
+        raise ValueError(
+            f"resume_from={str(path)!r} was written with log_every={meta['log_every']}, got log_every={log_every}"
+        )
+    keep = not reset_optimizer_state and opt_state_matches(meta, like.opt_state)
+    if not reset_optimizer_state and not keep:
+        warnings.warn(
+            f"{path}: the stored optimizer state does not fit this optimizer; starting from optimizer.init(params)"
+            " (pass reset_optimizer_state=True to silence)",
+            stacklevel=3,
+        )
+    loaded = load_checkpoint(path, like if keep else like._replace(opt_state=None))
+    state = loaded.state if keep else loaded.state._replace(opt_state=init_opt_state(loaded.state.params))
+    return state, start, loaded.trace
+
+
+def align_trace(stored: dict[str, jax.Array], new: dict[str, jax.Array], n_rows: int) -> dict[str, jax.Array]:
+    """Stored trace rows with the keys and row shapes of ``new``: missing or reshaped entries become NaN/False."""
+    aligned = {}
+    for name, rows in new.items():
+        old = stored.get(name)
+        if old is not None and old.shape == (n_rows, *rows.shape[1:]):
+            aligned[name] = old.astype(rows.dtype)
+        else:
+            fill = False if rows.dtype == jnp.bool_ else jnp.nan
+            aligned[name] = jnp.full((n_rows, *rows.shape[1:]), fill, rows.dtype)
+    return aligned
+
+
 def list_checkpoints(directory: str | os.PathLike) -> list[pathlib.Path]:
     """Complete checkpoints (``.eqx`` with its sidecar) in ``directory``, sorted by step."""
     directory = pathlib.Path(directory)
     if not directory.is_dir():
         return []
-    return sorted(p for p in directory.glob(_PATTERN) if _sidecar(p).is_file())
+    found = [p for p in directory.glob(_PATTERN) if _sidecar(p).is_file() and p.stem[len("checkpoint_"):].isdigit()]
+    return sorted(found, key=lambda p: int(p.stem[len("checkpoint_"):]))
 
 
 def best_checkpoint(directory: str | os.PathLike) -> pathlib.Path:
@@ -259,6 +322,7 @@ def best_checkpoint(directory: str | os.PathLike) -> pathlib.Path:
 
 __all__ = [
     "Checkpoint",
+    "align_trace",
     "CheckpointError",
     "TrainState",
     "best_checkpoint",
@@ -267,5 +331,6 @@ __all__ = [
     "load_checkpoint",
     "opt_state_matches",
     "read_meta",
+    "resume",
     "save_checkpoint",
 ]

@@ -24,7 +24,7 @@ from typing import Any
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 SEED_AXIS = "seed"
 _AGGREGATES: dict[str, Callable[[np.ndarray], Any]] = {
@@ -356,11 +356,14 @@ def run_grid(
 
     Reproducibility rule: a cell's key is ``jax.random.key(seed)`` and its dynamic values are 0-d arrays of the
     axis dtype (float32 for Python floats unless x64 is on), so ``fn({"lr": jnp.asarray(0.1)}, jax.random.key(3))``
-    re-runs that cell alone with the same numbers (up to vmap's float reassociation).
+    re-runs that cell alone with the same numbers, to float rounding: another compiled program (plain ``jit``,
+    another chunk size) may order sums differently, and chaotic runs (e.g. a zig-zagging Newton-root step on a
+    non-convex loss) amplify that last-bit difference over the steps.
 
     Each combination of static values is one ``jax.jit(jax.vmap(cell))`` program (reused by later calls with the
-    same ``fn`` object and static values) that runs the dynamic × seed cells in chunks of ``chunk_size`` (the last chunk padded by repeating its last cell, so one compilation
-    serves all; padding is dropped). With a ``mesh`` the chunk axis is sharded over all mesh devices
+    same ``fn`` object and static values) that runs the dynamic × seed cells in chunks of ``chunk_size``: the last
+    chunk is padded by repeating its last cell, so one compilation serves all chunks, and the padding is dropped;
+    at most two chunks are in memory at once. With a ``mesh`` the chunk axis is sharded over all mesh devices
     (``NamedSharding`` over the flattened mesh axes), chunks are padded to a multiple of the device count, and jit
     keeps the outputs sharded. A ``KeyboardInterrupt`` between chunks returns the finished cells with
     ``complete=False`` and a warning.
@@ -419,13 +422,19 @@ def run_grid(
     n_chunks = math.ceil(group_size / chunk) * len(groups)
 
     done_ids, pieces, output_devices, padded, programs = [], [], [], 0, 0
-    complete, started = True, time.perf_counter()
+    complete, started, in_flight = True, time.perf_counter(), None
     bar = tqdm(total=n_chunks, desc="grid", unit="chunk", disable=not progress or not sys.stderr.isatty())
+
+    def collect(ids, result):
+        output_devices.append(min((len(a.sharding.device_set) for a in result.values()), default=0))
+        pieces.append({k: _to_host(a)[: len(ids)] for k, a in result.items()})
+        done_ids.append(ids)
+        bar.update(1)
+
     try:
         for key, cell_ids in groups.items():
             fixed = {s: checked[s][j] for s, j in zip(static, key)}
             bar.set_postfix(fixed, refresh=False)
-
             program = functools.partial(
                 _run_cells,
                 fn=_hashable(fn),
@@ -440,12 +449,14 @@ def run_grid(
                 inputs = {n: columns[n][index[padded_ids, names.index(n)]] for n in columns}
                 seed_column = inputs.pop(SEED_AXIS)
                 values, seed_column = _place((inputs, seed_column), sharding)
+                # dispatch this chunk before copying the previous one to the host, so transfers overlap compute
                 result = program(values, seed_column)
-                output_devices.append(min((len(a.sharding.device_set) for a in result.values()), default=0))
-                pieces.append({k: _to_host(a)[: len(ids)] for k, a in result.items()})
-                done_ids.append(ids)
                 padded += chunk - len(ids)
-                bar.update(1)
+                if in_flight is not None:
+                    collect(*in_flight)
+                in_flight = (ids, result)
+        if in_flight is not None:
+            collect(*in_flight)
     except KeyboardInterrupt:
         complete = False
         n_done = sum(len(i) for i in done_ids)

@@ -8,12 +8,12 @@ checked on inputs it has not seen.
 from __future__ import annotations
 
 import functools
+import math
 import os
 import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -35,35 +35,40 @@ def layer_error(x, w, w_dense) -> jax.Array:
     return jnp.sum(residual * residual) / residual.size
 
 
+def _normal_pieces(key, *shapes) -> list[jax.Array]:
+    """Standard normal arrays of the given shapes from a single draw (one RNG kernel compiles much faster)."""
+    sizes = [math.prod(shape) for shape in shapes]
+    flat = jax.random.normal(key, (sum(sizes),))
+    starts = np.cumsum([0] + sizes[:-1])
+    return [flat[start:start + size].reshape(shape) for start, size, shape in zip(starts, sizes, shapes)]
+
+
 def transformer_activations(key, n: int, d_in: int, *, rank: int | None = None, n_outliers: int = 4,
                             outlier_scale: float = 20.0, tail: float = 0.5) -> jax.Array:
     """Inputs that look like transformer hidden states: correlated, heavy-tailed, with a few outlier channels.
 
     ``x = (f A + ε) · diag(c)`` with a shared low-rank factor ``f A`` (rank ``d_in/8``), heavy-tailed noise
-    ``ε = z · exp(tail · z')`` (a Gaussian scale mixture, kurtosis ``3 e^{4 tail²}``), log-normal channel scales
-    ``c``, and ``n_outliers`` channels whose scale and mean are ``outlier_scale`` times larger (the "massive
-    activation" channels of LLMs). Rows are i.i.d.; the result is scaled to unit RMS.
+    ``ε = z · exp(tail · z' - tail²)`` (a Gaussian scale mixture, kurtosis ``3 e^{4 tail²}``; ``f`` likewise),
+    log-normal channel scales ``c``, and ``n_outliers`` channels whose scale and mean are ``outlier_scale`` times
+    larger (the "massive activation" channels of LLMs). Rows are i.i.d.; the result is scaled to unit RMS.
 
     Example::
 
         x = transformer_activations(jax.random.key(0), 512, 256)
     """
     rank = max(1, d_in // 8) if rank is None else rank
-    k_factor, k_mix, k_noise, k_tail, k_scale, k_out, k_sign = jax.random.split(key, 7)
+    n_outliers = min(n_outliers, d_in)
+    f_a, f_b, mixing, z_a, z_b, log_scale, pick, sign = _normal_pieces(
+        key, (n, rank), (n, rank), (rank, d_in), (n, d_in), (n, d_in), (d_in,), (d_in,), (n_outliers,))
 
-    def heavy(k_a, k_b, shape):
-        return jax.random.normal(k_a, shape) * jnp.exp(tail * jax.random.normal(k_b, shape) - tail**2)
+    def heavy(z, z_tail):
+        return z * jnp.exp(tail * z_tail - tail**2)
 
-    k_f1, k_f2 = jax.random.split(k_factor)
-    factors = heavy(k_f1, k_f2, (n, rank))
-    mixing = jax.random.normal(k_mix, (rank, d_in)) / jnp.sqrt(rank)
-    x = factors @ mixing + heavy(k_noise, k_tail, (n, d_in))
-    scales = jnp.exp(0.5 * jax.random.normal(k_scale, (d_in,)))
-    outliers = jax.random.permutation(k_out, d_in)[: min(n_outliers, d_in)]
+    x = heavy(f_a, f_b) @ (mixing / jnp.sqrt(rank)) + heavy(z_a, z_b)
+    outliers = lax.top_k(pick, n_outliers)[1]  # a uniformly random set of channels
     boost = jnp.ones(d_in).at[outliers].set(outlier_scale)
-    signs = jnp.where(jax.random.bernoulli(k_sign, 0.5, outliers.shape), 1.0, -1.0)
-    offset = jnp.zeros(d_in).at[outliers].set(outlier_scale * signs)
-    x = x * scales * boost + offset
+    offset = jnp.zeros(d_in).at[outliers].set(outlier_scale * jnp.sign(sign))
+    x = x * jnp.exp(0.5 * log_scale) * boost + offset
     return x / jnp.sqrt(jnp.mean(x * x))
 
 
@@ -92,50 +97,52 @@ def synthetic_layer(key, d_in: int = 256, d_out: int = 256, n: int = 512, *, n_t
     return Layer(x_all[:n], w, x_all[n:])
 
 
+def _dense(w, b, x):
+    return x @ w + b
+
+
 @functools.partial(jax.jit, static_argnames=("d_in", "d_out", "n", "n_test", "task_dim", "steps", "batch_size"))
 def mlp_layer(key, d_in: int = 128, d_out: int = 128, n: int = 512, *, n_test: int | None = None,
               task_dim: int = 16, steps: int = 300, batch_size: int = 128, learning_rate: float = 3e-3) -> Layer:
     """The middle layer of a small MLP that optlab trains itself, with its real input activations.
 
-    A teacher MLP defines a regression task on ``u ~ N(0, I_task_dim)``; the student ``task_dim → d_in → d_out → 1``
-    (GELU) is trained with Adam for ``steps`` mini-batch steps in one ``lax.scan``. The layer is the student's
-    ``d_in → d_out`` weight (as (d_in, d_out)); ``x`` and ``x_test`` are its inputs (first hidden activations) on
-    fresh samples of ``u``. Pure in ``key``, so it vmaps over seeds.
+    A random teacher ``tanh`` network defines a regression task on ``u ~ N(0, I_task_dim)``; the student MLP
+    ``task_dim → d_in → d_out → 1`` (GELU) is trained with ``optax.adam`` for ``steps`` mini-batch steps in one
+    ``lax.scan``. The layer is the student's ``d_in → d_out`` weight; ``x`` and ``x_test`` are its inputs (the first
+    hidden activations) on fresh samples of ``u``. Pure in ``key``, so it vmaps over seeds.
 
     Example::
 
         layer = mlp_layer(jax.random.key(0), 64, 64, 256, steps=200)
     """
     n_test = n if n_test is None else n_test
-    k_teacher, k_student, k_data, k_cal = jax.random.split(key, 4)
-    teacher = eqx.nn.MLP(task_dim, 1, 32, 2, activation=jnp.tanh, key=k_teacher)
-    k1, k2, k3 = jax.random.split(k_student, 3)
-    student = (eqx.nn.Linear(task_dim, d_in, key=k1), eqx.nn.Linear(d_in, d_out, key=k2),
-               eqx.nn.Linear(d_out, 1, key=k3))
+    t1, t2, w1, w2, w3, batches, u_cal = _normal_pieces(
+        key, (task_dim, 32), (32, 1), (task_dim, d_in), (d_in, d_out), (d_out, 1), (steps, batch_size, task_dim),
+        (n + n_test, task_dim))
 
-    def hidden(model, u):
-        return jax.nn.gelu(jax.vmap(model[0])(u))
+    def teacher(u):
+        return jnp.tanh(u @ t1 / jnp.sqrt(task_dim)) @ t2 / jnp.sqrt(32.0)
 
-    def predict(model, u):
-        return jax.vmap(model[2])(jax.nn.gelu(jax.vmap(model[1])(hidden(model, u))))
+    params = {"w1": w1 / jnp.sqrt(task_dim), "b1": jnp.zeros(d_in), "w2": w2 / jnp.sqrt(d_in),
+              "b2": jnp.zeros(d_out), "w3": w3 / jnp.sqrt(d_out), "b3": jnp.zeros(1)}
 
-    def loss(model, u):
-        return jnp.mean((predict(model, u) - jax.vmap(teacher)(u)) ** 2)
+    def hidden(p, u):
+        return jax.nn.gelu(_dense(p["w1"], p["b1"], u))
+
+    def loss(p, u):
+        out = _dense(p["w3"], p["b3"], jax.nn.gelu(_dense(p["w2"], p["b2"], hidden(p, u))))
+        return jnp.mean((out - teacher(u)) ** 2)
 
     optimizer = optax.adam(learning_rate)
-    params, static = eqx.partition(student, eqx.is_array)
 
-    def step(state, k):
-        params, opt_state = state
-        u = jax.random.normal(k, (batch_size, task_dim))
-        grads = jax.grad(lambda p: loss(eqx.combine(p, static), u))(params)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state), None
+    def step(state, u):
+        p, opt_state = state
+        updates, opt_state = optimizer.update(jax.grad(loss)(p, u), opt_state, p)
+        return (optax.apply_updates(p, updates), opt_state), None
 
-    (params, _), _ = lax.scan(step, (params, optimizer.init(params)), jax.random.split(k_data, steps))
-    model = eqx.combine(params, static)
-    x_all = hidden(model, jax.random.normal(k_cal, (n + n_test, task_dim)))
-    return Layer(x_all[:n], model[1].weight.T, x_all[n:])
+    (params, _), _ = lax.scan(step, (params, optimizer.init(params)), batches)
+    x_all = hidden(params, u_cal)
+    return Layer(x_all[:n], params["w2"], x_all[n:])
 
 
 def _atomic(path: Path, write) -> None:

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 import equinox as eqx
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 
 from optlab.problems.base import Problem
@@ -89,8 +90,16 @@ def square_mlp(*, widths: Sequence[int] = (1, 8, 8, 1), n_points: int = 64, x_ma
         y = jnp.sin(x)
     data = {"x": x, "y": y}
 
+    # One uniform draw for all parameters, scaled per layer like equinox's default init (U(±1/sqrt(fan_in))):
+    # the same distribution as SquareMLP(widths, key=...), with one PRNG call to compile instead of one per array
+    # (under a vmapped grid each threefry call costs noticeable compile time).
+    template = SquareMLP(widths, key=jax.random.key(0), dtype=dtype)
+    flat, unravel = jax.flatten_util.ravel_pytree(template)
+    limits = jnp.concatenate([jnp.full(layer.weight.size + layer.bias.size, layer.in_features**-0.5, dtype)
+                              for layer in template.layers])  # ravel order: weight, bias of each layer in turn
+
     def init(key):
-        return SquareMLP(widths, key=key, dtype=dtype)
+        return unravel(jax.random.uniform(key, flat.shape, dtype, -1.0, 1.0) * limits)
 
     def loss(model, batch):
         return jnp.mean(jnp.square(jax.vmap(model)(batch["x"]) - batch["y"]))

@@ -60,7 +60,8 @@ class NewtonRootConfig:
     c_values: tuple[float, ...] = (1.0, 10.0, 100.0, 1000.0)  # experiment 3 grid
     start_x: tuple[float, ...] = (10.0, -8.0)  # experiment 3 grid; the first (x, y) is the key start
     start_y: tuple[float, ...] = (10.0, 2.5)
-    linreg_steps: int = 100  # experiment 4
+    linreg_scalings: tuple[str, ...] = LINREG_SCALINGS  # experiment 4
+    linreg_steps: int = 100
     linreg_n: int = 1000
     linreg_noise: float = 0.0
     mlp_steps: int = 500  # experiment 5
@@ -75,8 +76,10 @@ class NewtonRootConfig:
     @classmethod
     def quick(cls) -> NewtonRootConfig:
         """CI size: a few seconds of compute per experiment, compile time dominates."""
-        return cls(steps=200, start_x=(10.0,), start_y=(10.0,), linreg_steps=60, linreg_n=200, mlp_steps=200,
-                   mlp_points=32, learning_rates=(0.3, 1.0), seeds=3)
+        return cls(steps=200, start_x=(10.0,), start_y=(10.0,), linreg_scalings=("global", "per_leaf_full"),
+                   linreg_steps=60, linreg_n=200, mlp_steps=200, mlp_points=32, learning_rates=(0.3, 1.0), seeds=3,
+                   optimizers=("global", "per_leaf_equal", "per_layer_equal", "newton_root_adam",
+                               "newton_root_hutchinson", "adamw"))
 
     def validate(self) -> None:
         """Raise ValueError naming a bad field."""
@@ -87,6 +90,10 @@ class NewtonRootConfig:
             raise ValueError(f"steps must be >= 40 (float32 needs ~25 halvings to part from float64), got {self.steps}")
         if self.mlp_points < 2:
             raise ValueError(f"mlp_points must be >= 2, got {self.mlp_points}")
+        bad_scalings = [s for s in self.linreg_scalings if s not in VARIANTS]
+        if bad_scalings or "global" not in self.linreg_scalings:
+            raise ValueError(f"linreg_scalings must include 'global' and come from {tuple(VARIANTS)}, "
+                             f"got {self.linreg_scalings}")
         bad = [o for o in self.optimizers if o not in OPTIMIZERS]
         if bad or not self.optimizers or "global" not in self.optimizers:
             raise ValueError(f"optimizers must include 'global' and come from {OPTIMIZERS}, got {self.optimizers}")
@@ -128,11 +135,27 @@ def make_optimizer(name: str, learning_rate, *, adam_base_lr: float = 0.01, key=
     raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
 
 
-def _summary(loss: jax.Array, final_loss: jax.Array, floor) -> dict[str, jax.Array]:
-    """Per-cell scalars: final loss, zig-zag (steps at or below ``floor`` ignored) and the divergence verdict."""
-    zigzag = dg.zigzag_score(jnp.where(loss > floor, loss, jnp.nan))
-    return {"final_loss": final_loss, "zigzag": zigzag.up_fraction, "up_over_drop": zigzag.up_over_drop,
-            "verdict": dg.divergence(loss, floor=floor).verdict}
+@jax.jit
+def _summaries(loss: jax.Array, floor: jax.Array) -> dict[str, jax.Array]:
+    """Per-run scalars of loss traces (runs, T) with per-run floors (runs,): one compiled call per experiment.
+
+    zig-zag ignores steps at or below the floor; ``steps_to_floor`` is the first step from which the loss stays
+    below the floor (-1: never); ``verdict`` indexes ``optlab.diagnostics.VERDICTS``.
+    """
+    def one(loss, floor):
+        zigzag = dg.zigzag_score(jnp.where(loss > floor, loss, jnp.nan))
+        return {"zigzag": zigzag.up_fraction, "up_over_drop": zigzag.up_over_drop,
+                "verdict": dg.divergence(loss, floor=floor).verdict,
+                "steps_to_floor": dg.starvation(loss[:, None], threshold=floor).settle_step[0]}
+
+    return jax.vmap(one)(loss, floor)
+
+
+def _summarise(grid, *, settle: bool = True):
+    """Add the :func:`_summaries` columns to a grid's outputs (diagnostics run once over all cells)."""
+    summary = _summaries(jnp.asarray(grid.outputs["loss"]), jnp.asarray(grid.outputs.pop("floor")))
+    grid.outputs.update({k: np.asarray(v) for k, v in summary.items() if settle or k != "steps_to_floor"})
+    return grid
 
 
 def _rows(grid, experiment: str) -> list[dict]:
@@ -148,13 +171,14 @@ def _experiment_1(config: NewtonRootConfig) -> Section:
         problem = quadratic_1d(A1, x0=config.x0)
         result = fit(problem.loss, problem.init(None), newton_root(1.0), steps=config.steps, dtype=dtype,
                      metrics_fn=problem.metrics)
-        return np.asarray(result.trace["metrics/x"], np.float64), np.asarray(result.trace["loss"], np.float64)
+        return {k: np.asarray(result.trace[k], np.float64) for k in ("metrics/x", "loss", "step_scale")}
 
-    x32, loss32 = run("float32")
+    run32 = run("float32")
     with jax.enable_x64(True):
-        x64, _ = run("float64")
+        run64 = run("float64")
+    x32, x64, loss32 = run32["metrics/x"], run64["metrics/x"], run32["loss"]
     floor = QUAD_FLOOR * loss32[0]
-    claims = [nc.claim_halving(x64, x32, A1, config.x0), nc.claim_monotone("1", loss32, floor),
+    claims = [nc.claim_halving(x64, x32, A1, config.x0, run64["step_scale"]), nc.claim_monotone("1", loss32, floor),
               nc.claim_precision(x32, x64, A1)]
     figure = nf.halving_figure(x32, x64, A1, config.x0)
     return Section("Experiment 1: f(x) = (x - 3)², scalar", nc.TEXT["1"], claims=claims,
@@ -170,15 +194,12 @@ def _quadratic_grid(config: NewtonRootConfig, progress: bool):
         result = fit(problem.loss, problem.init(key), newton_root(1.0, scaling, share=share), steps=config.steps,
                      metrics_fn=problem.metrics)
         trace, loss = result.trace, result.trace["loss"]
-        floor = QUAD_FLOOR * loss[0]
-        return {**_summary(loss, problem.value(result.params), floor),
-                "steps_to_floor": dg.starvation(loss[:, None], threshold=floor).settle_step[0],
-                "loss": loss, "x": trace["metrics/x"], "y": trace["metrics/y"],
+        return {"final_loss": problem.value(result.params), "floor": QUAD_FLOOR * loss[0], "loss": loss, "x": trace["metrics/x"], "y": trace["metrics/y"],
                 "grad_x": trace["metrics/grad_x"], "grad_y": trace["metrics/grad_y"],
                 "step_scale": jnp.broadcast_to(trace["step_scale"], (config.steps, 2))}
 
     axes = {"c": c_values, "scaling": list(QUAD_SCALINGS), "x0": list(config.start_x), "y0": list(config.start_y)}
-    return run_grid(cell, axes, seeds=1, static=["scaling"], progress=progress)
+    return _summarise(run_grid(cell, axes, seeds=1, static=["scaling"], progress=progress))
 
 
 def _cell_trace(grid, name: str, **where) -> np.ndarray:
@@ -217,9 +238,8 @@ def _experiments_2_3(config: NewtonRootConfig, progress: bool) -> tuple[Section,
     steps_to_floor = {(c, s): int(grid.outputs["steps_to_floor"][grid.where(c=c, scaling=s, **start)][0])
                       for c in grid.axes["c"] for s in grid.axes["scaling"]}
     claims3.append(nc.claim_fix_quadratic(steps_to_floor, config.c, config.steps))
-    table = Table("Experiment 3 grid (start-point mean): steps until the loss stays below 1e-10 × initial "
-                  "(-1: never), zig-zag (share of rising steps) and verdicts",
-                  ["c", "scaling", "final loss", "zig-zag", "steps to floor", "verdicts (conv/plat/div/nan)"],
+    table = Table("Experiment 3 grid, over start points: steps until the loss stays below 1e-10 × initial "
+                  "(-1: never), zig-zag and verdicts", nc.table_headers(["c", "scaling"], steps_to_floor=True),
                   nc.grid_table_rows(grid, ["c", "scaling"]))
     figures3 = {"exp3_grad_ratio.png": nf.grad_ratio_figure(
                     {f"c={c:g}": traces(c) for c in grid.axes["c"]}, QUAD_FLOOR),
@@ -240,23 +260,23 @@ def _experiment_4(config: NewtonRootConfig, progress: bool) -> tuple[Section, li
         result = fit(problem.loss, problem.init(init_key), newton_root(1.0, scaling, share=share),
                      steps=config.linreg_steps, data=problem.data, metrics_fn=problem.metrics)
         loss = result.trace["loss"]
-        floor = problem.f_min + QUAD_FLOOR * loss[0]
         final = problem.metrics(result.params)
-        return {**_summary(loss, problem.value(result.params), floor),
-                "steps_to_floor": dg.starvation(loss[:, None], threshold=floor).settle_step[0],
+        return {"final_loss": problem.value(result.params), "floor": problem.f_min + QUAD_FLOOR * loss[0],
                 "weight_error_pct": final["weight_error_pct"], "bias_error_pct": final["bias_error_pct"],
                 "loss": loss}
 
-    grid = run_grid(cell, {"scaling": list(LINREG_SCALINGS)}, seeds=config.seeds, static=["scaling"],
-                    progress=progress)
+    grid = _summarise(run_grid(cell, {"scaling": list(config.linreg_scalings)}, seeds=config.seeds, static=["scaling"],
+                               progress=progress))
     stats = {s: {k: grid.outputs[k][grid.where(scaling=s)] for k in ("zigzag", "up_over_drop", "verdict",
                                                                     "steps_to_floor", "final_loss")}
-             for s in LINREG_SCALINGS}
-    claims = [nc.claim_linreg_converges(stats["global"]), nc.claim_linreg_mild(stats["global"])]
-    table = Table(f"Experiment 4: mean ± std over {config.seeds} seeds (data and init drawn per seed)",
-                  ["scaling", "final loss", "weight error %", "bias error %", "zig-zag", "steps to floor",
-                   "verdicts (conv/plat/div/nan)"], nc.grid_table_rows(grid, ["scaling"], extra=("weight_error_pct", "bias_error_pct")))
-    figure = nf.loss_bands_figure({s: grid.outputs["loss"][grid.where(scaling=s)] for s in LINREG_SCALINGS},
+             for s in config.linreg_scalings}
+    claims = [nc.claim_linreg_converges(stats["global"]), nc.claim_linreg_mild(stats["global"]),
+              nc.claim_linreg_fix(stats)]
+    extra = ("weight_error_pct", "bias_error_pct")
+    table = Table(f"Experiment 4: over {config.seeds} seeds (data and init drawn per seed)",
+                  nc.table_headers(["scaling"], extra, steps_to_floor=True),
+                  nc.grid_table_rows(grid, ["scaling"], extra))
+    figure = nf.loss_bands_figure({s: grid.outputs["loss"][grid.where(scaling=s)] for s in config.linreg_scalings},
                                   "Experiment 4: linear regression, loss over seeds")
     section = Section("Experiment 4: linear network y = w·x + b", nc.TEXT["4"], tables=[table], claims=claims,
                       figures={"exp4_loss.png": figure})
@@ -273,13 +293,15 @@ def _experiment_5(config: NewtonRootConfig, progress: bool) -> tuple[Section, li
                                    key=opt_key)
         result = fit(problem.loss, problem.init(init_key), optimizer, steps=config.mlp_steps, data=problem.data)
         loss = result.trace["loss"]
-        return {**_summary(loss, problem.value(result.params), 0.0), "loss": loss,
+        return {"final_loss": problem.value(result.params), "floor": jnp.zeros_like(loss[0]), "loss": loss,
                 "step_scale": _per_layer_steps(result.trace, n_layers, config.mlp_steps)}
 
-    grid = run_grid(cell, {"optimizer": list(config.optimizers), "learning_rate": list(config.learning_rates)},
-                    seeds=config.seeds, static=["optimizer"], progress=progress)
+    axes = {"optimizer": list(config.optimizers), "learning_rate": list(config.learning_rates)}
+    grid = _summarise(run_grid(cell, axes, seeds=config.seeds, static=["optimizer"], progress=progress), settle=False)
+    grid.outputs["initial_loss"] = grid.outputs["loss"][:, 0]
     at_ref = {o: {k: grid.outputs[k][grid.where(optimizer=o, learning_rate=config.reference_lr)]
-                  for k in ("zigzag", "up_over_drop", "final_loss", "verdict")} for o in config.optimizers}
+                  for k in ("zigzag", "up_over_drop", "final_loss", "initial_loss", "verdict")}
+              for o in config.optimizers}
     claims = [nc.claim_mlp_zigzag(at_ref), *(nc.claim_fix(name, members, at_ref) for name, members in FIXES.items()),
               nc.claim_adamw_smooth(at_ref)]
     headers = ["optimizer", "lr ×", "final loss", "zig-zag", "verdicts (conv/plat/div/nan)"]

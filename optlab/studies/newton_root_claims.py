@@ -17,7 +17,7 @@ RISE_TOL = 1e-6  # a loss step counts as a rise above this relative increase (fl
 DOMINATES = 10.0  # "c (y - b)² >> (x - a)²" read as at least 10×
 RATE_TOL = 0.25  # relative tolerance on the predicted x shrink 1/(2c) per step
 REMOVES, REDUCES = 0.5, 0.9  # a fix removes the zig-zag below half of the shared step's, reduces it below 90 %
-SMOOTH = 0.1  # zig-zag (share of rising steps) at or below this counts as smooth
+SMOOTH = 0.1  # rise/drop (sum of loss increases / sum of decreases) at or below this counts as smooth
 
 TEXT = {
     "1": "Newton-root step with learning rate 1 on f(x) = (x - 3)², float32 and float64 (`jax.enable_x64`).",
@@ -59,17 +59,26 @@ def verdict_counts(codes) -> str:
     return "/".join(str(int((codes == k).sum())) for k in range(len(VERDICTS)))
 
 
-def claim_halving(x64, x32, a: float, x0: float) -> Claim:
-    """Experiment 1: the float64 trajectory equals ``a + (x0 - a)/2ⁿ`` to float64 rounding."""
+def claim_halving(x64, x32, a: float, x0: float, step_scale64=None) -> Claim:
+    """Experiment 1: the float64 trajectory equals ``a + (x0 - a)/2ⁿ`` to float64 rounding.
+
+    Steps after the first zero step scale (the step's guard: it is 0 once ``||g||²`` is below float64 epsilon,
+    as in ``optax.scale_by_polyak``) are left out of the comparison and reported.
+    """
     x64, x32 = np.asarray(x64, np.float64), np.asarray(x32, np.float64)
     formula = a + (x0 - a) / 2.0 ** np.arange(x64.size)
-    dev64, dev32 = np.max(np.abs(x64 - formula)), np.max(np.abs(x32 - formula))
+    frozen = np.asarray(step_scale64).reshape(x64.size, -1)[:, 0] == 0 if step_scale64 is not None else None
+    last = int(np.argmax(frozen)) if frozen is not None and frozen.any() else x64.size - 1
+    dev64 = np.max(np.abs(x64 - formula)[: last + 1])
+    dev32 = np.max(np.abs(x32 - formula)[: last + 1])
     tolerance = 64 * np.finfo(np.float64).eps * max(abs(x0), abs(a))
-    rate = _rate(x64 - a, np.abs(x64 - a) > 1e-12 * abs(x0 - a))
+    rate = _rate(x64[: last + 1] - a)
+    stop = (f"; from step {last} the step is 0 (||g||² below float64 eps: the division guard), so |x - 3| "
+            f"stays at {abs(x64[-1] - a):.2g}") if last < x64.size - 1 else ""
     return Claim("1", "trajectory x_n = 3 + (x0 - 3)/2ⁿ", "x_n = a + (x₀ - a)/2ⁿ, rate 1/2",
-                 f"max |x_n - formula| = {dev64:.2g} (float64), {dev32:.2g} (float32); |x - 3| shrinks ×{rate:.6f}"
-                 " per step", "confirmed" if dev64 <= tolerance else "refuted",
-                 f"over {x64.size} steps from x0 = {x0:g}; tolerance {tolerance:.2g} (64 float64 ulps)")
+                 f"max |x_n - formula| = {dev64:.2g} (float64), {dev32:.2g} (float32) over steps 0-{last}; |x - 3|"
+                 f" ×{rate:.6f} per step{stop}", "confirmed" if dev64 <= tolerance else "refuted",
+                 f"from x0 = {x0:g}; tolerance {tolerance:.2g} (64 float64 ulps)")
 
 
 def claim_monotone(experiment: str, loss, floor: float) -> Claim:
@@ -253,36 +262,75 @@ def claim_linreg_mild(stats: dict) -> Claim:
                  "mild = total rise ≤ 10 % of total drop")
 
 
+def claim_linreg_fix(stats: dict) -> Claim:
+    """Experiment 4: per-leaf steps (the note's fix 1) against the shared step on the coupled linear model."""
+    shared = np.asarray(stats["global"]["steps_to_floor"])
+    parts = []
+    best_speedup = 0.0
+    for name in [s for s in stats if s.startswith("per_leaf")]:
+        reached = np.asarray(stats[name]["steps_to_floor"])
+        ok = reached >= 0
+        parts.append(f"{name}: {int(ok.sum())}/{ok.size} seeds reach the floor, verdicts "
+                     f"{verdict_counts(stats[name]['verdict'])}")
+        if ok.all() and (shared >= 0).all():
+            best_speedup = max(best_speedup, float(np.median(shared) / max(np.median(reached), 1)))
+    if not parts:
+        return Claim("4", "per-leaf steps converge at least as well", "fix 1: per-parameter scaling", "not run",
+                     "inconclusive")
+    verdict = "confirmed" if best_speedup >= 1 else "partly" if best_speedup > 0 else "refuted"
+    return Claim("4", "per-leaf steps converge at least as well as the shared step", "fix 1: per-parameter scaling",
+                 f"global: median {np.median(shared):g} steps to floor; " + "; ".join(parts), verdict,
+                 "confirmed if a per-leaf variant reaches the floor on every seed in no more steps (median)")
+
+
+def _median(stats: dict, key: str) -> float:
+    values = np.asarray(stats[key], np.float64)
+    return float(np.nanmedian(values)) if np.isfinite(values).any() or values.size else float("nan")
+
+
 def claim_mlp_zigzag(at_ref: dict) -> Claim:
-    """Experiment 5: the shared step zig-zags on the x² MLP (more than AdamW when AdamW ran)."""
-    shared = float(np.nanmean(at_ref["global"]["zigzag"]))
-    adamw = float(np.nanmean(at_ref["adamw"]["zigzag"])) if "adamw" in at_ref else float("nan")
+    """Experiment 5: the shared step zig-zags on the x² MLP (more than AdamW when AdamW ran).
+
+    Zig-zag size is the median over seeds of rise/drop (sum of loss increases over sum of decreases): it tells a
+    real oscillation from float noise on a plateau, which the share of rising steps does not.
+    """
+    shared = _median(at_ref["global"], "up_over_drop")
+    adamw = _median(at_ref["adamw"], "up_over_drop") if "adamw" in at_ref else float("nan")
     holds = shared >= SMOOTH and not shared <= adamw
     verdict = "confirmed" if holds else "partly" if shared > 0 else "refuted"
     return Claim("5", "the shared step zig-zags on the x² MLP", "most likely to show zig-zag",
-                 f"global: rising steps {_mean_std(at_ref['global']['zigzag'])}, rise/drop "
-                 f"{_mean_std(at_ref['global']['up_over_drop'])}; adamw {adamw:.3g}", verdict,
-                 f"confirmed if ≥ {SMOOTH:g} of the steps rise and more than with adamw")
+                 f"global: rise/drop {shared:.3g} (median), rising steps {_mean_std(at_ref['global']['zigzag'])}; "
+                 f"adamw rise/drop {adamw:.3g}", verdict,
+                 f"confirmed if the loss rises by ≥ {SMOOTH:g} of what it drops (median over seeds) and more than "
+                 "with adamw")
 
 
 def claim_fix(name: str, members, at_ref: dict) -> Claim:
-    """Experiment 5: fix direction ``name`` (its best member by zig-zag) against the shared step."""
+    """Experiment 5: fix direction ``name`` against the shared step (zig-zag = median rise/drop).
+
+    Its member with the smallest zig-zag among those that train (median final loss below the median initial loss)
+    is compared; a member that blows up does not count as a fix.
+    """
     ran = [m for m in members if m in at_ref]
     if not ran:
         return Claim("5", f"fix {name} removes the zig-zag", "potential fix direction", "not run", "inconclusive")
-    shared = at_ref["global"]
-    best = min(ran, key=lambda m: float(np.nanmean(at_ref[m]["zigzag"])))
-    zz, zz_shared = float(np.nanmean(at_ref[best]["zigzag"])), float(np.nanmean(shared["zigzag"]))
-    loss, loss_shared = (float(np.nanmedian(np.asarray(at_ref[m]["final_loss"], np.float64))) for m in (best, "global"))
+    trains = [m for m in ran if _median(at_ref[m], "final_loss") < _median(at_ref[m], "initial_loss")]
+    blown = [f"{m} (median final loss {_median(at_ref[m], 'final_loss'):.3g})" for m in ran if m not in trains]
+    if not trains:
+        return Claim("5", f"fix {name} removes the zig-zag", "potential fix direction (if coupling is confirmed)",
+                     f"does not train: {', '.join(blown)}", "refuted")
+    best = min(trains, key=lambda m: _median(at_ref[m], "up_over_drop"))
+    zz, zz_shared = _median(at_ref[best], "up_over_drop"), _median(at_ref["global"], "up_over_drop")
+    loss, loss_shared = _median(at_ref[best], "final_loss"), _median(at_ref["global"], "final_loss")
     if zz_shared < 0.02:
-        verdict = "inconclusive"  # nothing to remove
+        verdict = "inconclusive"  # the shared step has no zig-zag to remove
     else:
         verdict = "confirmed" if zz <= REMOVES * zz_shared else "partly" if zz <= REDUCES * zz_shared else "refuted"
     return Claim("5", f"fix {name} removes the zig-zag", "potential fix direction (if coupling is confirmed)",
-                 f"{best}: rising steps {_mean_std(at_ref[best]['zigzag'])} vs global {zz_shared:.3g}; median "
-                 f"final loss {loss:.3g} vs {loss_shared:.3g} (×{loss / loss_shared:.3g}); verdicts "
-                 f"{verdict_counts(at_ref[best]['verdict'])}", verdict,
-                 f"confirmed ≤ {REMOVES:g}× global's zig-zag, partly ≤ {REDUCES:g}×; members run: {', '.join(ran)}")
+                 f"{best}: rise/drop {zz:.3g} vs global {zz_shared:.3g}; median final loss {loss:.3g} vs "
+                 f"{loss_shared:.3g} (×{loss / loss_shared:.3g}); verdicts {verdict_counts(at_ref[best]['verdict'])}",
+                 verdict, f"confirmed ≤ {REMOVES:g}× global's rise/drop, partly ≤ {REDUCES:g}×; members run: "
+                 f"{', '.join(ran)}" + (f"; blown up: {', '.join(blown)}" if blown else ""))
 
 
 def claim_adamw_smooth(at_ref: dict) -> Claim:
@@ -290,23 +338,52 @@ def claim_adamw_smooth(at_ref: dict) -> Claim:
     if "adamw" not in at_ref:
         return Claim("5", "AdamW converges smoothly", "converges smoothly with AdamW", "not run", "inconclusive")
     stats = at_ref["adamw"]
-    smooth = float(np.nanmean(stats["zigzag"])) <= SMOOTH
+    size = _median(stats, "up_over_drop")
     codes = np.asarray(stats["verdict"]).astype(int)
     stable = not np.isin(codes, [VERDICTS.index("diverged"), VERDICTS.index("nan")]).any()
+    smooth = size <= SMOOTH
     verdict = "confirmed" if smooth and stable else "partly" if smooth or stable else "refuted"
     return Claim("5", "AdamW converges smoothly", "converges smoothly with AdamW",
-                 f"rising steps {_mean_std(stats['zigzag'])}; median final loss "
-                 f"{np.nanmedian(np.asarray(stats['final_loss'], np.float64)):.3g}; verdicts {verdict_counts(codes)}",
-                 verdict, f"smooth ≤ {SMOOTH:g} rising steps; stable = no diverged/nan seed")
+                 f"rise/drop {size:.3g} (median), rising steps {_mean_std(stats['zigzag'])}; median final loss "
+                 f"{_median(stats, 'final_loss'):.3g}; verdicts {verdict_counts(codes)}", verdict,
+                 f"smooth: rise/drop ≤ {SMOOTH:g}; stable: no diverged/nan seed")
+
+
+def damping_text(grid, reference_lr: float) -> str:
+    """One measured sentence: the shared step's zig-zag and final loss at each learning rate (a damping baseline)."""
+    parts = []
+    for lr in grid.axes["learning_rate"]:
+        mask = grid.where(optimizer="global", learning_rate=lr)
+        parts.append(f"lr × {lr:g}: rise/drop {np.nanmedian(grid.outputs['up_over_drop'][mask]):.3g}, median "
+                     f"final loss {np.nanmedian(grid.outputs['final_loss'][mask]):.3g}")
+    return (f"Measured baseline (not a fix direction of the note): the shared step with a smaller learning rate: "
+            f"{'; '.join(parts)}. Claims compare at lr × {reference_lr:g}.")
+
+
+TABLE_HEADERS = ["final loss (mean ± std)", "final loss (median)", "rising steps", "rise/drop (median)"]
 
 
 def grid_table_rows(grid, by, extra=()) -> list[list]:
-    """Table rows per combination of the ``by`` axes: mean ± std over the other axes, and verdict counts."""
-    metrics = ["final_loss", *extra, "zigzag", *(["steps_to_floor"] if "steps_to_floor" in grid.outputs else [])]
+    """Rows per combination of the ``by`` axes: final loss (mean ± std, median), ``extra`` metrics (mean ± std),
+    rising-step share (mean ± std), rise/drop (median), steps to floor when measured, and verdict counts.
+
+    Headers: ``by`` names, ``TABLE_HEADERS[:2]``, ``extra``, ``TABLE_HEADERS[2:]``, [steps to floor], verdicts.
+    """
     combos = dict.fromkeys(tuple(cell[b] for b in by) for cell in grid.cells)
     rows = []
     for combo in combos:
         mask = grid.where(**dict(zip(by, combo)))
-        rows.append([*combo, *(_mean_std(grid.outputs[m][mask]) for m in metrics),
-                     verdict_counts(grid.outputs["verdict"][mask])])
+        out = grid.outputs
+        row = [*combo, _mean_std(out["final_loss"][mask]), f"{np.nanmedian(out['final_loss'][mask]):.3g}",
+               *(_mean_std(out[m][mask]) for m in extra), _mean_std(out["zigzag"][mask]),
+               f"{np.nanmedian(out['up_over_drop'][mask]):.3g}"]
+        if "steps_to_floor" in out:
+            row.append(_mean_std(out["steps_to_floor"][mask]))
+        rows.append([*row, verdict_counts(out["verdict"][mask])])
     return rows
+
+
+def table_headers(by, extra=(), steps_to_floor: bool = False) -> list[str]:
+    """Headers matching :func:`grid_table_rows`."""
+    return [*by, *TABLE_HEADERS[:2], *extra, *TABLE_HEADERS[2:], *(["steps to floor"] if steps_to_floor else []),
+            "verdicts (conv/plat/div/nan)"]

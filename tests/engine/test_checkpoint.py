@@ -90,10 +90,13 @@ def test_reset_optimizer_state_and_optimizer_switch(tmp_path):
     assert int(reset.opt_state[0].count) == 8  # moments restarted at the resume point (16 when kept)
 
     with pytest.warns(UserWarning, match="checkpoint_000008.eqx.*does not fit"):
-        switched = fit(mse, PARAMS, optax.sgd(0.1), steps=16, data=DATA, resume_from=path)
+        switched = fit(mse, PARAMS, optax.sgd(0.1), steps=16, data=DATA, resume_from=path,
+                       metrics_fn=lambda p: {"b": p["b"]})
     sgd_only = fit(mse, params_8, optax.sgd(0.1), steps=8, data=DATA)
     chex.assert_trees_all_close(switched.params, sgd_only.params, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(switched.trace["loss"][8:], sgd_only.trace["loss"], rtol=1e-6)
+    # A trace entry the stored run did not record is NaN for the stored rows.
+    assert np.isnan(switched.trace["metrics/b"][:8]).all() and np.isfinite(switched.trace["metrics/b"][8:]).all()
 
 
 def test_resume_inside_vmap_over_learning_rates(tmp_path):

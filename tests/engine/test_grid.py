@@ -79,6 +79,9 @@ def test_static_axis_compiles_once_per_value_and_chunks_reuse_it():
 
     res = run_grid(fn, {"width": [2, 3, 5], "scale": [1.0, 2.0, 3.0]}, seeds=3, static=["width"], chunk_size=4)
     assert traces == [2, 3, 5]
+    again = run_grid(fn, {"width": [2, 3, 5], "scale": [1.0, 2.0, 3.0]}, seeds=3, static=["width"], chunk_size=4)
+    assert traces == [2, 3, 5]  # the same fn and static values reuse the compiled programs
+    chex.assert_trees_all_close(again.outputs["norm"], res.outputs["norm"])
     assert res.info["programs"] == 3 and res.info["n_chunks"] == 9 and res.info["chunk_size"] == 4
     assert res.static == ("width",)
     assert res.outputs["x"].dtype == object and res.outputs["x"][res.where(width=5)][0].shape == (5,)

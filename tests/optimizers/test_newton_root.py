@@ -48,7 +48,7 @@ def pytrees(draw):
     }
 
 
-@settings(deadline=None, max_examples=25)
+@settings(deadline=None, max_examples=20)
 @given(
     grads=pytrees(),
     value=st.floats(-2.0, 5.0),

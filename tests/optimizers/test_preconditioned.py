@@ -77,9 +77,8 @@ def test_adam_first_step_matches_a_numpy_reference_and_the_cap():
     np.testing.assert_allclose(np.concatenate([np.ravel(x) for x in jax.tree.leaves(capped)]), 0.1 * d, rtol=1e-5)
 
 
-@pytest.mark.parametrize("n_probes", [1, 3])
-def test_hutchinson_diagonal_is_exact_for_a_diagonal_hessian(n_probes):
-    estimate = hutchinson_diagonal(quadratic, P0, jax.random.key(7), n_probes)
+def test_hutchinson_diagonal_is_exact_for_a_diagonal_hessian():
+    estimate = hutchinson_diagonal(quadratic, P0, jax.random.key(7), 2)
     chex.assert_trees_all_close(estimate, jax.tree.map(lambda c: 2 * c, CURVATURE), rtol=1e-6)
 
 

@@ -79,3 +79,13 @@ def test_init_is_vmappable_over_keys():
 def test_bad_arguments_raise(kwargs, match):
     with pytest.raises(ValueError, match=match):
         square_mlp(**kwargs)
+
+
+def test_init_matches_equinox_default_ranges():
+    # Layer k's weight and bias are U(±1/sqrt(fan_in)): the first layer (fan_in 1) spreads wider than the rest.
+    model = square_mlp(widths=(1, 8, 8, 1), n_points=4).init(jax.random.key(0))
+    for layer in model.layers:
+        limit = layer.in_features**-0.5
+        for leaf in (layer.weight, layer.bias):
+            assert float(jnp.abs(leaf).max()) <= limit
+    assert float(jnp.abs(model.layers[0].weight).max()) > 8**-0.5

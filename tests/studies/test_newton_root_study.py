@@ -1,0 +1,196 @@
+"""Newton-root study (lab note 001): claim logic on synthetic traces, optimizer table, and the quick study end to end."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from optlab.diagnostics import VERDICTS
+from optlab.studies import newton_root as nr
+from optlab.studies import newton_root_claims as nc
+from optlab.studies.base import VERDICTS as CLAIM_VERDICTS
+
+CONV, DIV = VERDICTS.index("converged"), VERDICTS.index("diverged")
+STEPS = np.arange(40)
+
+
+def _halving(rate=0.5):
+    return 3.0 + 7.0 * rate**STEPS
+
+
+def _starved(rate_x, rate_y, c=100.0):
+    ex, ey = 9.0 * rate_x ** np.arange(12), 8.0 * rate_y ** np.arange(12)
+    return ex, ey, ex**2, c * ey**2, c
+
+
+def _kink_loss(bend):
+    # loss falls ×0.25 per step for 5 steps, then ×bend per step
+    head = 100.0 * 0.25 ** np.arange(6)
+    return np.concatenate([head, head[-1] * bend ** np.arange(1, 30)])
+
+
+def _mlp(zz_global, zz_other, final_other=1e-3, name="per_layer_equal"):
+    def stats(zz, final, verdict):
+        return {"zigzag": np.full(4, zz), "up_over_drop": np.full(4, zz), "final_loss": np.full(4, final),
+                "initial_loss": np.full(4, 3.0), "verdict": np.full(4, verdict)}
+
+    return {"global": stats(zz_global, 1e-3, DIV), "adamw": stats(0.05, 1e-3, CONV),
+            name: stats(zz_other, final_other, CONV if zz_other < 0.1 else DIV)}
+
+
+def _linreg(steps_global, steps_leaf):
+    return {"global": {"steps_to_floor": np.full(3, steps_global), "verdict": np.full(3, CONV)},
+            "per_leaf_full": {"steps_to_floor": np.full(3, steps_leaf), "verdict": np.full(3, CONV)}}
+
+
+ramp = np.concatenate([np.linspace(0.01, 2.0, 20), np.full(20, 2.0)])
+wobble = np.concatenate([np.linspace(0.01, 2.0, 10), np.tile([2.0, 0.1], 15)])
+on_line = np.linspace(0, 1, 40)
+
+# (name, function, arguments that should confirm, arguments that should refute)
+CASES = [
+    ("halving", nc.claim_halving, (_halving(), _halving().astype(np.float32), 3.0, 10.0),
+     (_halving(0.6), _halving(0.6), 3.0, 10.0)),
+    ("monotone", lambda loss: nc.claim_monotone("3", loss, 0.0), (0.5**STEPS,),
+     (np.array([4.0, 2.0, 3.0, 1.0]),)),
+    ("precision", nc.claim_precision, (_halving().astype(np.float32), _halving(), 3.0),
+     (_halving() * (1 + 1e-4), _halving(), 3.0)),
+    ("rates_half", nc.claim_rates_half, (0.5**STEPS, 2 * 0.5**STEPS, STEPS < 30),
+     (0.6**STEPS, 0.5**STEPS, STEPS < 30)),
+    ("straight_line", nc.claim_straight_line, (10 - 9 * on_line, 10 - 8 * on_line, (10, 10), (1, 2), STEPS >= 0),
+     (10 - 9 * on_line, 10 - 8 * on_line**2, (10, 10), (1, 2), STEPS >= 0)),
+    ("starved_rates", nc.claim_starved_rates, _starved(1 - 1 / 200, 0.5), _starved(0.9, 0.9)),
+    ("sequential", nc.claim_sequential, (np.r_[np.ones(200), 1e-9 * np.ones(20)], np.r_[1.0, 1e-9 * np.ones(219)], 100.0),
+     (0.5 ** np.arange(50), 0.5 ** np.arange(50), 100.0)),
+    ("start_ratio", nc.claim_start_ratio, (9.0, 1600.0, (10, 18), (1, 2), 100.0),
+     (18.0, 1600.0, (10, 10), (1, 2), 100.0)),
+    ("ratio_grows", nc.claim_ratio_grows, (ramp, np.ones(40), STEPS >= 0), (0.01 * np.ones(40), np.ones(40), STEPS >= 0)),
+    ("kink", nc.claim_kink, (_kink_loss(0.95), np.r_[np.zeros(5), np.ones(30)], np.r_[np.ones(5), np.zeros(30)],
+                             np.ones(35, bool)),
+     (_kink_loss(0.25), np.r_[np.zeros(5), np.ones(30)], np.r_[np.ones(5), np.zeros(30)], np.ones(35, bool))),
+    ("fix_quadratic", nc.claim_fix_quadratic, ({(100.0, "global"): 150, (100.0, "per_leaf_full"): 10}, 100.0, 200),
+     ({(100.0, "global"): 150, (100.0, "per_leaf_full"): -1}, 100.0, 200)),
+    ("linreg_converges", nc.claim_linreg_converges, ({"steps_to_floor": np.array([10, 12]), "final_loss": np.zeros(2)},),
+     ({"steps_to_floor": np.array([-1, -1]), "final_loss": np.ones(2)},)),
+    ("linreg_mild", nc.claim_linreg_mild, ({"zigzag": np.zeros(3), "up_over_drop": np.zeros(3)},),
+     ({"zigzag": np.full(3, 0.4), "up_over_drop": np.full(3, 0.8)},)),
+    ("linreg_fix", nc.claim_linreg_fix, (_linreg(20, 10),), (_linreg(20, -1),)),
+    ("mlp_zigzag", nc.claim_mlp_zigzag, (_mlp(0.4, 0.4),), (_mlp(0.0, 0.0),)),
+    ("fix", lambda at_ref: nc.claim_fix("2. per-layer", ("per_layer_equal",), at_ref), (_mlp(0.4, 0.05),),
+     (_mlp(0.4, 0.4),)),
+    ("adamw_smooth", nc.claim_adamw_smooth, (_mlp(0.4, 0.4),),
+     ({"adamw": {"zigzag": np.full(3, 0.5), "final_loss": np.ones(3), "verdict": np.full(3, DIV)}},)),
+]
+
+
+@pytest.mark.parametrize("name, claim, confirming, refuting", CASES, ids=[c[0] for c in CASES])
+def test_claim_logic_on_synthetic_traces(name, claim, confirming, refuting):
+    confirmed, refuted = claim(*confirming), claim(*refuting)
+    assert confirmed.verdict == "confirmed", (name, confirmed)
+    assert refuted.verdict == "refuted", (name, refuted)
+    assert confirmed.claimed and confirmed.measured and "nan" not in confirmed.measured
+
+
+def test_halving_leaves_out_steps_frozen_by_the_guard():
+    x = _halving()
+    frozen = x.copy()
+    frozen[31:] = x[30]  # the step guard stops the trajectory at step 30
+    step_scale = np.where(STEPS >= 30, 0.0, 0.25)
+    assert nc.claim_halving(frozen, frozen, 3.0, 10.0).verdict == "refuted"
+    claim = nc.claim_halving(frozen, frozen, 3.0, 10.0, step_scale)
+    assert claim.verdict == "confirmed" and "from step 30 the step is 0" in claim.measured
+
+
+def test_fix_that_blows_up_is_not_a_fix():
+    claim = nc.claim_fix("1. per-parameter", ("per_leaf_full",), _mlp(0.4, 0.01, final_other=1e20, name="per_leaf_full"))
+    assert claim.verdict == "refuted" and "does not train" in claim.measured
+
+
+def test_verdict_counts_order():
+    assert nc.verdict_counts([CONV, CONV, DIV, VERDICTS.index("nan")]) == "2/0/1/1"
+
+
+def test_polyak_sgd_with_inverse_scaling_is_the_global_step():
+    # optax.polyak_sgd(scaling=s) computes its step from s·g, so 1/lr reproduces newton_root(lr) (uncapped steps).
+    loss = lambda p: jnp.sum(jnp.array([1.0, 3.0]) * (p - 1.0) ** 2)
+    params = jnp.array([1.5, 1.2])
+    value, grad = jax.value_and_grad(loss)(params)
+    for lr in (0.5, 2.0):
+        ours = nr.make_optimizer("global", lr)
+        theirs = nr.make_optimizer("polyak_sgd", lr)
+        mine, _ = ours.update(grad, ours.init(params), params, value=value)
+        ref, _ = theirs.update(grad, theirs.init(params), params, value=value)
+        np.testing.assert_allclose(mine, ref, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", nr.OPTIMIZERS)
+def test_every_optimizer_takes_a_descent_step(name):
+    loss = lambda p: jnp.sum((p - 1.0) ** 2)
+    params = jnp.array([3.0, -2.0])
+    optimizer = nr.make_optimizer(name, 0.5, key=jax.random.key(0))
+    value, grad = jax.value_and_grad(loss)(params)
+    updates, _ = optimizer.update(grad, optimizer.init(params), params, value=value, value_fn=loss)
+    assert float(loss(optax.apply_updates(params, updates))) < float(value)
+
+
+def test_unknown_optimizer_raises():
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        nr.make_optimizer("sgd", 1.0)
+
+
+@pytest.mark.parametrize("changes, match", [
+    ({"optimizers": ("global", "lion")}, "optimizers"), ({"reference_lr": 0.5}, "reference_lr"),
+    ({"steps": 10}, "steps"), ({"c": -1.0}, "c must"), ({"mlp_target": "cos"}, "mlp_target"),
+    ({"start_y": (1.0, 2.0)}, "start_x"), ({"linreg_scalings": ("per_leaf_full",)}, "linreg_scalings"),
+])
+def test_bad_config_raises(changes, match):
+    with pytest.raises(ValueError, match=match):
+        dataclasses.replace(nr.NewtonRootConfig.quick(), **changes).validate()
+
+
+def test_cli_strings_build_the_config():
+    config = nr.STUDY.make_config(quick=True, grid={"learning_rates": "0.5,1", "optimizers": "global,adamw"},
+                                  overrides={"c": "10"}, seeds=2)
+    assert config.learning_rates == (0.5, 1.0) and config.optimizers == ("global", "adamw")
+    assert config.c == 10.0 and config.seeds == 2
+
+
+@pytest.fixture(scope="module")
+def quick_result():
+    return nr.run(nr.NewtonRootConfig.quick(), progress=False)
+
+
+def test_quick_study_has_five_experiments_with_valid_claims(quick_result):
+    assert len(quick_result.sections) == 5
+    assert {c.experiment for c in quick_result.claims} == {"1", "2", "3", "4", "5"}
+    for claim in quick_result.claims:
+        assert claim.verdict in CLAIM_VERDICTS
+        assert claim.measured and "nan" not in claim.measured.lower(), claim
+    figures = [name for s in quick_result.sections for name in s.figures]
+    assert len(figures) >= 4 and len(set(figures)) == len(figures)
+    assert all(name.endswith(".png") for name in figures)
+
+
+def test_quick_study_rows_cover_every_grid_cell(quick_result):
+    config = nr.NewtonRootConfig.quick()
+    by_experiment = {e: [r for r in quick_result.rows if r["experiment"] == e] for e in ("3", "4", "5")}
+    n_c = len({*config.c_values, 1.0, config.c})
+    assert len(by_experiment["3"]) == n_c * len(nr.QUAD_SCALINGS) * len(config.start_x) * len(config.start_y)
+    assert len(by_experiment["4"]) == len(config.linreg_scalings) * config.seeds
+    assert len(by_experiment["5"]) == len(config.optimizers) * len(config.learning_rates) * config.seeds
+    cells5 = {(r["optimizer"], r["learning_rate"], r["seed"]) for r in by_experiment["5"]}
+    assert len(cells5) == len(by_experiment["5"])
+    for row in quick_result.rows:
+        assert row["verdict"] in VERDICTS
+        assert not np.isnan(row["final_loss"]) and not np.isnan(row["zigzag"]), row
+
+
+def test_quick_study_measures_the_closed_forms(quick_result):
+    # Experiments 1-2 have closed forms the study must reproduce.
+    claims = {(c.experiment, c.claim): c for c in quick_result.claims}
+    assert claims[("1", "trajectory x_n = 3 + (x0 - 3)/2ⁿ")].verdict == "confirmed"
+    assert claims[("2", "both coordinates contract by 1/2 per step")].verdict == "confirmed"
+    assert claims[("2", "straight path from (10, 10) to (1, 2)")].verdict == "confirmed"
