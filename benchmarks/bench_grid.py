@@ -16,7 +16,7 @@ Two regimes, Adam, a grid of learning rates × seeds:
   (forward + backward ≈ 3 × forward matmul FLOPs) as a share of this machine's measured float32 matmul peak
   (a jitted 2048×2048 matmul timed in the same run), and against (a).
 
-Every timing is taken after compilation (a warm-up call first; "1st call s" is that call, compile included).
+Every timing is taken after compilation ("warm-up s" is the first call: compile + one chunk).
 Baselines that take long are timed on a few configs and extrapolated per config (the output says so); they run one
 config at a time, so their time is linear in the number of configs.
 """
@@ -24,6 +24,7 @@ config at a time, so their time is linear in the number of configs.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import jax
@@ -89,14 +90,18 @@ def grid_axes(n_configs: int, n_seeds: int = 16):
     return {"lr": np.geomspace(1e-3, 1e-1, n_configs // n_seeds).tolist()}, n_seeds
 
 
-def time_grid(cell, n_configs):
-    """Seconds of a warm ``run_grid`` call (its compiled program is reused) and of the first call (with compile)."""
+def time_grid(cell, n_configs, chunk_size=None):
+    """Seconds of a warm ``run_grid`` call and of the warm-up call (compile + run).
+
+    The warm-up runs a grid of one chunk: run_grid reuses its compiled program for every chunk of the same size.
+    """
+    warm_n = n_configs if chunk_size is None else min(n_configs, chunk_size)
+    start = time.perf_counter()
+    optlab.run_grid(cell, *grid_axes(warm_n), chunk_size=chunk_size, progress=False)
+    first = time.perf_counter() - start
     axes, seeds = grid_axes(n_configs)
     start = time.perf_counter()
-    optlab.run_grid(cell, axes, seeds=seeds, progress=False)
-    first = time.perf_counter() - start
-    start = time.perf_counter()
-    result = optlab.run_grid(cell, axes, seeds=seeds, progress=False)
+    result = optlab.run_grid(cell, axes, seeds=seeds, chunk_size=chunk_size, progress=False)
     return time.perf_counter() - start, first, result
 
 
@@ -172,7 +177,7 @@ def bench_tiny(name, widths, data, steps, batch_size, shuffle, sizes, n_loop, n_
         print("(b) PyTorch: skipped (torch is not installed)")
     else:
         print(f"(b) PyTorch CPU loop: {torch_s * 1e3:.1f} ms/config (measured on {n_torch}, extrapolated)")
-    print(f"{'configs':>8} {'grid s':>9} {'1st call s':>10} {'configs/s':>11} {'(a) s':>9} {'x vs (a)':>9} "
+    print(f"{'configs':>8} {'grid s':>9} {'warm-up s':>10} {'configs/s':>11} {'(a) s':>9} {'x vs (a)':>9} "
           f"{'x vs (b)':>10}  finite")  # fmt: skip
     for n in sizes:
         seconds, first, result = time_grid(cell, n)
@@ -182,20 +187,21 @@ def bench_tiny(name, widths, data, steps, batch_size, shuffle, sizes, n_loop, n_
               f"{vs_torch}  {finite}/{n}")  # fmt: skip
 
 
-def bench_compute(sizes, steps, n_loop, peak):
+def bench_compute(sizes, steps, n_loop, peak, chunk_size=64):
     widths, n_examples = (1, 64, 64, 1), 256
     cell = make_cell(widths, sine_data(n_examples), steps, None)
     flops = matmul_flops_per_step(widths, n_examples) * steps
     loop_s = time_loop_per_config(cell, n_loop)
-    print(f"\n## compute-bound: 1->64->64->1 MLP, {n_examples} points full batch, {steps} steps, Adam")
+    print(f"\n## compute-bound: 1->64->64->1 MLP, {n_examples} points full batch, {steps} steps, Adam, "
+          f"chunks of {chunk_size} configs")  # fmt: skip
     print(f"matmul FLOPs per config (fwd+bwd ~ 3x fwd): {flops / 1e9:.2f} GFLOP; "
           f"peak (jitted 2048x2048 f32 matmul): {peak / 1e9:.1f} GFLOP/s")  # fmt: skip
     print(f"(a) jitted single-config fit in a Python loop: {loop_s * 1e3:.1f} ms/config (measured on {n_loop}), "
           f"{flops / loop_s / 1e9:.2f} GFLOP/s = {flops / loop_s / peak:.1%} of peak")  # fmt: skip
-    print(f"{'configs':>8} {'grid s':>9} {'1st call s':>10} {'configs/s':>11} {'GFLOP/s':>9} {'of peak':>8} "
+    print(f"{'configs':>8} {'grid s':>9} {'warm-up s':>10} {'configs/s':>11} {'GFLOP/s':>9} {'of peak':>8} "
           f"{'x vs (a)':>9}")  # fmt: skip
     for n in sizes:
-        seconds, first, _ = time_grid(cell, n)
+        seconds, first, _ = time_grid(cell, n, chunk_size)
         achieved = flops * n / seconds
         print(f"{n:8d} {seconds:9.3f} {first:10.2f} {n / seconds:11.1f} {achieved / 1e9:9.2f} {achieved / peak:8.1%} "
               f"{loop_s * n / seconds:9.1f}")  # fmt: skip
@@ -204,14 +210,16 @@ def bench_compute(sizes, steps, n_loop, peak):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller grids and fewer steps")
+    parser.add_argument("--sizes", default=None, help="comma-separated grid sizes (default 16,256,1024; quick 16,64)")
     parser.add_argument(
         "--shuffle", action="store_true", help="tiny problems: fit's shuffled mini-batches (default: fixed order)"
     )
     args = parser.parse_args()
-    sizes = [16, 64] if args.quick else [16, 256, 1024]
+    sizes = [int(n) for n in args.sizes.split(",")] if args.sizes else [16, 64] if args.quick else [16, 256, 1024]
     tiny_steps, compute_steps = (500, 200) if args.quick else (3000, 1000)
     print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} x{jax.device_count()}; "
-          f"grid = learning rates x seeds (16 seeds, or fewer for small grids); timings after compilation")  # fmt: skip
+          f"grid = learning rates x seeds (16 seeds, or fewer for small grids); timings after compilation; "
+          f"load average {os.getloadavg()[0]:.1f} (other processes make timings noisy)")  # fmt: skip
     peak = matmul_peak()
     for name, widths, data in [
         ("linear regression y = 2x + 1", (1, 1), regression_data()),

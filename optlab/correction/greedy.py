@@ -95,10 +95,12 @@ def _check_finite(**arrays) -> None:
 def _check_options(magnitude, fraction, mode, max_relative, max_steps, d_in) -> None:
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    for name, value in (("magnitude", magnitude), ("max_relative", max_relative)):
-        concrete = _concrete(value)
-        if concrete is not None and (concrete.ndim or not np.isfinite(concrete) or concrete <= 0):
-            raise ValueError(f"{name} must be a finite scalar > 0, got {value!r}")
+    concrete = _concrete(magnitude)
+    if concrete is not None and (concrete.ndim or not np.isfinite(concrete) or concrete <= 0):
+        raise ValueError(f"magnitude must be a finite scalar > 0, got {magnitude!r}")
+    concrete = _concrete(max_relative)
+    if concrete is not None and (concrete.ndim or np.isnan(concrete) or concrete <= 0):
+        raise ValueError(f"max_relative must be None or a scalar > 0 (inf: unbounded), got {max_relative!r}")
     concrete = _concrete(fraction)
     if concrete is not None and (concrete.ndim or not 0 < concrete <= 1):
         raise ValueError(f"fraction must be a scalar in (0, 1], got {fraction!r}")
@@ -145,8 +147,11 @@ def _correct(gram, cross, w_pruned, kept, r_sq, n, magnitude, fraction, max_rela
         return jnp.where(keep, jnp.abs(rows) if relative else 1.0, 0.0).astype(dtype)
 
     def bound(rows, keep):
-        """Largest allowed |δ| in optimal mode (inf without max_relative), 0 on pruned weights."""
-        return jnp.where(keep, max_relative * jnp.abs(rows) if bounded else jnp.inf, 0.0).astype(dtype)
+        """Largest allowed |δ| in optimal mode (inf without max_relative or when it is inf), 0 on pruned weights."""
+        if not bounded:
+            return jnp.where(keep, jnp.inf, 0.0).astype(dtype)
+        limit = jnp.where(jnp.isinf(max_relative), jnp.inf, max_relative * jnp.abs(rows))
+        return jnp.where(keep, limit, 0.0).astype(dtype)
 
     # The scores need one pass over G per step, so they use one precomputed array ("level") and few ops:
     #   fixed:   -ΔE = 2m s|G| - m²s²h  = (4/h) · c · max(|G| - c, 0) where gain > 0,  c = m·s·h/2
@@ -294,7 +299,8 @@ def greedy_correction(x, w_dense, w_pruned, *, magnitude=0.01, fraction=0.10, mo
       magnitude: fixed step, relative to ``|w|`` (or absolute); > 0. Unused in optimal mode.
       fraction: share of input rows that may change, in (0, 1].
       mode: ``"fixed"`` or ``"optimal"``.
-      max_relative: optimal mode only: bound on ``|δ| / |w_pruned|``; None is unbounded.
+      max_relative: optimal mode only: bound on ``|δ| / |w_pruned|``; None (or inf, which can be mixed with finite
+        bounds under vmap) is unbounded.
       relative: fixed mode: scale the step by ``|w_pruned|`` (True) or not.
       mask: optional bool (d_in, d_out) of kept weights; default ``w_pruned != 0``.
       max_steps: static scan length (needed only when ``fraction`` is traced, e.g. under vmap).

@@ -114,9 +114,23 @@ class NewtonRootConfig:
 def make_optimizer(name: str, learning_rate, *, adam_base_lr: float = 0.01, key=None):
     """The optimizer of experiment 5 called ``name`` at ``learning_rate`` (a multiplier of its base rate).
 
-    ``optax.polyak_sgd(scaling=s)`` computes its Polyak step from the already scaled gradient ``s·g``, so its
-    effective rate is ``1/s``: it gets ``scaling=1/learning_rate`` (same uncapped update as ``newton_root``), and
-    keeps its default step cap ``max_learning_rate=1``.
+    Base rates: 1 for the Newton-root family and ``polyak_sgd`` (the pure root step), ``adam_base_lr`` for
+    ``adamw`` and ``momo_adam``. ``optax.polyak_sgd(scaling=s)`` computes its Polyak step from the already scaled
+    gradient ``s·g``, so its effective rate is ``1/s``: it gets ``scaling=1/learning_rate`` (the same uncapped
+    update as ``newton_root(learning_rate)``) and keeps its default step cap ``max_learning_rate=1``.
+
+    Args:
+        name: one of ``OPTIMIZERS``.
+        learning_rate: multiplier of the base rate; may be traced (a vmapped grid axis).
+        adam_base_lr: base rate of ``adamw`` and ``momo_adam``.
+        key: PRNG key for the Hutchinson probes (``newton_root_hutchinson`` only).
+
+    Returns:
+        An optax transformation; its ``update`` accepts ``value=`` and ``value_fn=`` as ``optlab.fit`` passes them.
+
+    Example:
+        >>> optimizer = make_optimizer("per_layer_equal", 0.5)
+        >>> result = fit(problem.loss, params, optimizer, steps=100, data=problem.data)  # doctest: +SKIP
     """
     if name in VARIANTS:
         scaling, share = VARIANTS[name]
@@ -159,6 +173,7 @@ def _summarise(grid, *, settle: bool = True):
 
 
 def _rows(grid, experiment: str) -> list[dict]:
+    """The grid's flat rows (axis values and scalar outputs) with the experiment id and the verdict by name."""
     rows = []
     for row in grid.to_rows():
         row["verdict"] = dg.verdict_name(int(row["verdict"]))
@@ -194,8 +209,8 @@ def _quadratic_grid(config: NewtonRootConfig, progress: bool):
         result = fit(problem.loss, problem.init(key), newton_root(1.0, scaling, share=share), steps=config.steps,
                      metrics_fn=problem.metrics)
         trace, loss = result.trace, result.trace["loss"]
-        return {"final_loss": problem.value(result.params), "floor": QUAD_FLOOR * loss[0], "loss": loss, "x": trace["metrics/x"], "y": trace["metrics/y"],
-                "grad_x": trace["metrics/grad_x"], "grad_y": trace["metrics/grad_y"],
+        return {"final_loss": problem.value(result.params), "floor": QUAD_FLOOR * loss[0], "loss": loss,
+                "x": trace["metrics/x"], "y": trace["metrics/y"], "grad_x": trace["metrics/grad_x"], "grad_y": trace["metrics/grad_y"],
                 "step_scale": jnp.broadcast_to(trace["step_scale"], (config.steps, 2))}
 
     axes = {"c": c_values, "scaling": list(QUAD_SCALINGS), "x0": list(config.start_x), "y0": list(config.start_y)}
@@ -203,6 +218,7 @@ def _quadratic_grid(config: NewtonRootConfig, progress: bool):
 
 
 def _cell_trace(grid, name: str, **where) -> np.ndarray:
+    """Output ``name`` of the first cell matching ``where``, as float64."""
     mask = grid.where(**where)
     return np.asarray(grid.outputs[name][mask][0], np.float64)
 
@@ -278,7 +294,9 @@ def _experiment_4(config: NewtonRootConfig, progress: bool) -> tuple[Section, li
                   nc.grid_table_rows(grid, ["scaling"], extra))
     figure = nf.loss_bands_figure({s: grid.outputs["loss"][grid.where(scaling=s)] for s in config.linreg_scalings},
                                   "Experiment 4: linear regression, loss over seeds")
-    section = Section("Experiment 4: linear network y = w·x + b", nc.TEXT["4"], tables=[table], claims=claims,
+    text = (f"Linear regression y = 2x + 1 + {config.linreg_noise:g}·ε, x ~ N(0, 1), {config.linreg_n} points, "
+            f"{config.linreg_steps} steps. " + nc.TEXT["4"])
+    section = Section("Experiment 4: linear network y = w·x + b", text, tables=[table], claims=claims,
                       figures={"exp4_loss.png": figure})
     return section, _rows(grid, "4")
 
@@ -304,21 +322,24 @@ def _experiment_5(config: NewtonRootConfig, progress: bool) -> tuple[Section, li
               for o in config.optimizers}
     claims = [nc.claim_mlp_zigzag(at_ref), *(nc.claim_fix(name, members, at_ref) for name, members in FIXES.items()),
               nc.claim_adamw_smooth(at_ref)]
-    headers = ["optimizer", "lr ×", "final loss", "zig-zag", "verdicts (conv/plat/div/nan)"]
-    table = Table(f"Experiment 5: mean ± std over {config.seeds} seeds, {config.mlp_steps} steps "
-                  f"(lr × multiplies the base rate: 1 for Newton-root and Polyak, {config.adam_base_lr:g} for "
-                  "adamw and momo_adam)", headers, nc.grid_table_rows(grid, ["optimizer", "learning_rate"]))
+    table = Table(f"Experiment 5: over {config.seeds} seeds, {config.mlp_steps} steps (lr × multiplies the base "
+                  f"rate: 1 for Newton-root and Polyak, {config.adam_base_lr:g} for adamw and momo_adam)",
+                  nc.table_headers(["optimizer", "lr ×"]), nc.grid_table_rows(grid, ["optimizer", "learning_rate"]))
     figures = {"exp5_loss_by_optimizer.png": nf.loss_bands_figure(
                    {o: grid.outputs["loss"][grid.where(optimizer=o, learning_rate=config.reference_lr)]
                     for o in config.optimizers}, f"Experiment 5: x² MLP, lr × {config.reference_lr:g}"),
                "exp5_final_loss_heatmap.png": nf.grid_heatmap(grid, "final_loss", "median final loss", log=True),
-               "exp5_zigzag_heatmap.png": nf.grid_heatmap(grid, "zigzag", "mean zig-zag (share of rising steps)"),
+               "exp5_zigzag_heatmap.png": nf.grid_heatmap(grid, "up_over_drop",
+                                                          "zig-zag: median rise/drop (clipped at 1)", clip=1.0),
                "exp5_step_scale.png": nf.step_scale_figure(
                    {o: grid.outputs["step_scale"][grid.where(optimizer=o, learning_rate=config.reference_lr)][0]
                     for o in config.optimizers if o in VARIANTS},
                    [f"layer {k}" for k in range(n_layers)], "Experiment 5, seed 0: step per layer")}
-    section = Section("Experiment 5: x²-activation MLP (1→8→8→1)", nc.TEXT["5"], tables=[table], claims=claims,
-                      figures=figures)
+    section = Section("Experiment 5: x²-activation MLP (1→8→8→1)",
+                      f"Square-activation MLP 1→8→8→1 fitting the {config.mlp_target} target on {config.mlp_points} "
+                      f"points in [-2, 2]. " + nc.TEXT["5"] + "\n\n" + nc.damping_text(grid, config.reference_lr),
+                      tables=[table],
+                      claims=claims, figures=figures)
     return section, _rows(grid, "5")
 
 

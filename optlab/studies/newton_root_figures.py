@@ -16,10 +16,13 @@ def _positive(values) -> np.ndarray:
 def halving_figure(x32, x64, a: float, x0: float):
     """Experiment 1: |x_n - a| for float32, float64 and the closed form (x0 - a)/2ⁿ, log scale."""
     fig, ax = plot.new_figure()
-    steps = np.arange(len(x64))
+    # Past ~60 halvings both precisions have long stopped moving; show the part where they differ.
+    shown = min(len(x64), 60)
+    x32, x64 = np.asarray(x32, np.float64)[:shown], np.asarray(x64, np.float64)[:shown]
+    steps = np.arange(shown)
     ax.plot(steps, abs(x0 - a) / 2.0**steps, "k-", linewidth=3, alpha=0.3, label="(x₀ - 3)/2ⁿ")
-    ax.plot(steps, _positive(np.abs(np.asarray(x64, np.float64) - a)), "-", label="float64")
-    ax.plot(steps, _positive(np.abs(np.asarray(x32, np.float64) - a)), "--", label="float32 (0 once x = 3 exactly)")
+    ax.plot(steps, _positive(np.abs(x64 - a)), "-", label="float64 (step 0 once ||g||² < float64 eps)")
+    ax.plot(steps, _positive(np.abs(x32 - a)), "--", label="float32 (ends when x = 3 exactly)")
     ax.set_yscale("log")
     ax.set_xlabel("step n")
     ax.set_ylabel("|x_n - 3|")
@@ -100,10 +103,17 @@ def quad_loss_figure(grid, start: dict, c: float):
 
 
 def loss_bands_figure(curves: dict, title: str):
-    """Loss per step: median and inter-quartile band over seeds for each optimizer (log scale)."""
+    """Loss per step: median and inter-quartile band over seeds for each optimizer (log scale).
+
+    The y axis stops at 10× the largest initial loss, so runs that blow up leave the top instead of squashing
+    the rest.
+    """
     fig, ax = plot.new_figure(width=8.0, height=5.0)
     for label, traces in curves.items():
         plot.loss_band(ax, _positive(traces), label=label, linewidth=1)
+    start = max((np.nanmedian(_positive(t)[:, 0]) for t in curves.values()), default=np.nan)
+    if np.isfinite(start):
+        ax.set_ylim(top=10 * start)
     ax.set_xlabel("step")
     ax.set_ylabel("loss (median, 25–75 % band over seeds)")
     ax.set_title(title)
@@ -111,8 +121,12 @@ def loss_bands_figure(curves: dict, title: str):
     return fig
 
 
-def grid_heatmap(grid, metric: str, title: str, *, log: bool = False):
-    """Optimizer × learning-rate heatmap of ``metric`` (median over seeds for a log scale, else mean)."""
-    rows, cols, matrix = grid.pivot("optimizer", "learning_rate", metric, agg="nanmedian" if log else "nanmean")
-    return plot.heatmap(matrix, rows, [f"{c:g}" for c in cols], title=title, xlabel="learning rate × base",
-                        ylabel="optimizer", fmt="{:.2g}", log=log)
+def grid_heatmap(grid, metric: str, title: str, *, log: bool = False, clip: float | None = None):
+    """Optimizer × learning-rate heatmap of the median of ``metric`` over seeds, optionally clipped above."""
+    rows, cols, matrix = grid.pivot("optimizer", "learning_rate", metric, agg="nanmedian")
+    if clip is not None:
+        matrix = np.minimum(matrix, clip)
+    fig = plot.heatmap(matrix, rows, [f"{c:g}" for c in cols], title=title, xlabel="learning rate × base",
+                       ylabel="optimizer", fmt="{:.2g}", log=log)
+    fig.set_size_inches(max(7.0, 3.0 + 1.3 * len(cols)), max(3.0, 1.0 + 0.5 * len(rows)))  # room for the labels
+    return fig

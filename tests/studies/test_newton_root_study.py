@@ -82,7 +82,8 @@ CASES = [
     ("fix", lambda at_ref: nc.claim_fix("2. per-layer", ("per_layer_equal",), at_ref), (_mlp(0.4, 0.05),),
      (_mlp(0.4, 0.4),)),
     ("adamw_smooth", nc.claim_adamw_smooth, (_mlp(0.4, 0.4),),
-     ({"adamw": {"zigzag": np.full(3, 0.5), "final_loss": np.ones(3), "verdict": np.full(3, DIV)}},)),
+     ({"adamw": {"zigzag": np.full(3, 0.5), "up_over_drop": np.full(3, 0.8), "final_loss": np.ones(3),
+                 "verdict": np.full(3, DIV)}},)),
 ]
 
 
@@ -158,39 +159,42 @@ def test_cli_strings_build_the_config():
     assert config.c == 10.0 and config.seeds == 2
 
 
-@pytest.fixture(scope="module")
-def quick_result():
-    return nr.run(nr.NewtonRootConfig.quick(), progress=False)
+def test_quick_study_end_to_end(tmp_path):
+    # One test (not a shared fixture) so that `pytest -n 2` runs the study once, not once per worker.
+    config = nr.NewtonRootConfig.quick()
+    result = nr.run(config, progress=False)
 
-
-def test_quick_study_has_five_experiments_with_valid_claims(quick_result):
-    assert len(quick_result.sections) == 5
-    assert {c.experiment for c in quick_result.claims} == {"1", "2", "3", "4", "5"}
-    for claim in quick_result.claims:
+    # all five experiments, valid verdicts, measured numbers
+    assert len(result.sections) == 5
+    assert {c.experiment for c in result.claims} == {"1", "2", "3", "4", "5"}
+    for claim in result.claims:
         assert claim.verdict in CLAIM_VERDICTS
         assert claim.measured and "nan" not in claim.measured.lower(), claim
-    figures = [name for s in quick_result.sections for name in s.figures]
+    figures = [name for section in result.sections for name in section.figures]
     assert len(figures) >= 4 and len(set(figures)) == len(figures)
     assert all(name.endswith(".png") for name in figures)
 
-
-def test_quick_study_rows_cover_every_grid_cell(quick_result):
-    config = nr.NewtonRootConfig.quick()
-    by_experiment = {e: [r for r in quick_result.rows if r["experiment"] == e] for e in ("3", "4", "5")}
+    # one row per grid cell of experiments 3-5
+    by_experiment = {e: [r for r in result.rows if r["experiment"] == e] for e in ("3", "4", "5")}
     n_c = len({*config.c_values, 1.0, config.c})
     assert len(by_experiment["3"]) == n_c * len(nr.QUAD_SCALINGS) * len(config.start_x) * len(config.start_y)
     assert len(by_experiment["4"]) == len(config.linreg_scalings) * config.seeds
     assert len(by_experiment["5"]) == len(config.optimizers) * len(config.learning_rates) * config.seeds
-    cells5 = {(r["optimizer"], r["learning_rate"], r["seed"]) for r in by_experiment["5"]}
-    assert len(cells5) == len(by_experiment["5"])
-    for row in quick_result.rows:
+    cells = {(r["optimizer"], r["learning_rate"], r["seed"]) for r in by_experiment["5"]}
+    assert len(cells) == len(by_experiment["5"])
+    for row in result.rows:
         assert row["verdict"] in VERDICTS
         assert not np.isnan(row["final_loss"]) and not np.isnan(row["zigzag"]), row
 
-
-def test_quick_study_measures_the_closed_forms(quick_result):
-    # Experiments 1-2 have closed forms the study must reproduce.
-    claims = {(c.experiment, c.claim): c for c in quick_result.claims}
+    # experiments 1-2 have closed forms the study must reproduce
+    claims = {(c.experiment, c.claim): c for c in result.claims}
     assert claims[("1", "trajectory x_n = 3 + (x0 - 3)/2ⁿ")].verdict == "confirmed"
     assert claims[("2", "both coordinates contract by 1/2 per step")].verdict == "confirmed"
     assert claims[("2", "straight path from (10, 10) to (1, 2)")].verdict == "confirmed"
+
+    # the report writer accepts the result
+    from optlab import report
+
+    paths = report.write_report(result, tmp_path)
+    assert sum(name.endswith(".png") for name in paths) == len(figures)
+    assert result.title in (tmp_path / "report.md").read_text()
