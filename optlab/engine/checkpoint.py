@@ -21,7 +21,6 @@ import json
 import math
 import os
 import pathlib
-import tempfile
 import warnings
 from typing import Any, NamedTuple
 
@@ -29,6 +28,8 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from optlab import _atomic
 
 FORMAT_VERSION = 1
 _PATTERN = "checkpoint_*.eqx"
@@ -92,19 +93,6 @@ def _finite_or_none(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _atomic_write(path: pathlib.Path, data: bytes) -> None:
-    # A reader sees the old file or the new one, never a partial write (same directory: os.replace is atomic).
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
-        try:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        except BaseException:
-            os.unlink(handle.name)
-            raise
-    os.replace(handle.name, path)
-
-
 def save_checkpoint(
     path: str | os.PathLike,
     state: TrainState,
@@ -151,8 +139,8 @@ def save_checkpoint(
         "nbytes": len(data),
         "sha256": hashlib.sha256(data).hexdigest(),
     }
-    _atomic_write(path, data)
-    _atomic_write(_sidecar(path), json.dumps(meta, indent=1).encode())
+    _atomic.write_bytes(path, data)
+    _atomic.write_bytes(_sidecar(path), json.dumps(meta, indent=1).encode())
     return path
 
 
