@@ -97,7 +97,8 @@ def time_grid(cell, n_configs, chunk_size=None):
     """
     warm_n = n_configs if chunk_size is None else min(n_configs, chunk_size)
     start = time.perf_counter()
-    optlab.run_grid(cell, *grid_axes(warm_n), chunk_size=chunk_size, progress=False)
+    warm_axes, warm_seeds = grid_axes(warm_n)
+    optlab.run_grid(cell, warm_axes, seeds=warm_seeds, chunk_size=chunk_size, progress=False)
     first = time.perf_counter() - start
     axes, seeds = grid_axes(n_configs)
     start = time.perf_counter()

@@ -210,7 +210,8 @@ def _quadratic_grid(config: NewtonRootConfig, progress: bool):
                      metrics_fn=problem.metrics)
         trace, loss = result.trace, result.trace["loss"]
         return {"final_loss": problem.value(result.params), "floor": QUAD_FLOOR * loss[0], "loss": loss,
-                "x": trace["metrics/x"], "y": trace["metrics/y"], "grad_x": trace["metrics/grad_x"], "grad_y": trace["metrics/grad_y"],
+                "x": trace["metrics/x"], "y": trace["metrics/y"],
+                "grad_x": trace["metrics/grad_x"], "grad_y": trace["metrics/grad_y"],
                 "step_scale": jnp.broadcast_to(trace["step_scale"], (config.steps, 2))}
 
     axes = {"c": c_values, "scaling": list(QUAD_SCALINGS), "x0": list(config.start_x), "y0": list(config.start_y)}
@@ -336,8 +337,8 @@ def _experiment_5(config: NewtonRootConfig, progress: bool) -> tuple[Section, li
                     for o in config.optimizers if o in VARIANTS},
                    [f"layer {k}" for k in range(n_layers)], "Experiment 5, seed 0: step per layer")}
     section = Section("Experiment 5: x²-activation MLP (1→8→8→1)",
-                      f"Square-activation MLP 1→8→8→1 fitting the {config.mlp_target} target on {config.mlp_points} "
-                      f"points in [-2, 2]. " + nc.TEXT["5"] + "\n\n" + nc.damping_text(grid, config.reference_lr),
+                      f"Square-activation MLP 1→8→8→1 fitting the {config.mlp_target} target on "
+                      f"{config.mlp_points} points in [-2, 2]. " + nc.TEXT["5"] + "\n\n" + nc.damping_text(grid, config.reference_lr),
                       tables=[table],
                       claims=claims, figures=figures)
     return section, _rows(grid, "5")

@@ -73,8 +73,12 @@ def grad_ratio_figure(traces: dict, floor: float):
 
 def step_scale_figure(scales: dict, group_names, title: str):
     """Step scale per group over time: one panel per optimizer, one line per group (log scale)."""
-    fig, axes = plot.new_figure(len(scales), width=4.5, height=3.5)
-    axes = np.atleast_1d(axes)
+    ncols = min(3, len(scales))
+    nrows = -(-len(scales) // ncols)
+    fig, axes = plot.new_figure(ncols, nrows, width=4.5, height=3.5)
+    axes = np.atleast_1d(axes).ravel()
+    for ax in axes[len(scales):]:
+        ax.set_visible(False)
     for ax, (label, scale) in zip(axes, scales.items()):
         scale = np.asarray(scale, np.float64)
         for k, name in enumerate(group_names):

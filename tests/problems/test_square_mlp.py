@@ -1,6 +1,7 @@
 """Square-activation MLP: forward pass and gradient against closed forms / a NumPy reference."""
 
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -41,10 +42,16 @@ def test_forward_matches_numpy_and_gradient_matches_finite_differences():
         x = np.asarray(problem.data["x"])
         np.testing.assert_allclose(jax.jit(jax.vmap(model))(problem.data["x"]), _numpy_forward(model, x), rtol=1e-12)
         flat, unravel = jax.flatten_util.ravel_pytree(model)
+        steps = 1e-6 * jnp.eye(flat.size)
+
         def value(v):
             return problem.loss(unravel(v), problem.data)
-        steps = 1e-6 * jnp.eye(flat.size)
-        grad, numeric = jax.jit(lambda v: (jax.grad(value)(v), (jax.vmap(value)(v + steps) - jax.vmap(value)(v - steps)) / 2e-6))(flat)
+
+        @jax.jit
+        def grad_and_central_differences(v):
+            return jax.grad(value)(v), (jax.vmap(value)(v + steps) - jax.vmap(value)(v - steps)) / 2e-6
+
+        grad, numeric = grad_and_central_differences(flat)
         np.testing.assert_allclose(grad, numeric, rtol=1e-5, atol=1e-8)
 
 
