@@ -365,8 +365,8 @@ def run_grid(
     chunk is padded by repeating its last cell, so one compilation serves all chunks, and the padding is dropped;
     at most two chunks are in memory at once. With a ``mesh`` the chunk axis is sharded over all mesh devices
     (``NamedSharding`` over the flattened mesh axes), chunks are padded to a multiple of the device count, and jit
-    keeps the outputs sharded. A ``KeyboardInterrupt`` between chunks returns the finished cells with
-    ``complete=False`` and a warning.
+    keeps the outputs sharded. A ``KeyboardInterrupt`` returns the finished cells (with the chunk already running,
+    which cannot be cancelled) with ``complete=False`` and a warning.
 
     Multi-host: call ``jax.distributed.initialize()`` at the start of the same script on every host, then
     ``run_grid(..., mesh="auto")``: the mesh spans ``jax.devices()`` of all hosts, every process gets the whole
@@ -421,14 +421,15 @@ def run_grid(
     chunk = math.ceil(chunk / n_devices) * n_devices
     n_chunks = math.ceil(group_size / chunk) * len(groups)
 
-    done_ids, pieces, output_devices, padded, programs = [], [], [], 0, 0
-    complete, started, in_flight = True, time.perf_counter(), None
+    finished: list[tuple[np.ndarray, dict, int]] = []  # (cell ids, host outputs, devices) per collected chunk
+    padded, programs, complete, started, in_flight = 0, 0, True, time.perf_counter(), None
     bar = tqdm(total=n_chunks, desc="grid", unit="chunk", disable=not progress or not sys.stderr.isatty())
 
     def collect(ids, result):
-        output_devices.append(min((len(a.sharding.device_set) for a in result.values()), default=0))
-        pieces.append({k: _to_host(a)[: len(ids)] for k, a in result.items()})
-        done_ids.append(ids)
+        if finished and finished[-1][0] is ids:  # already collected before an interrupt
+            return
+        devices = min((len(a.sharding.device_set) for a in result.values()), default=0)
+        finished.append((ids, {k: _to_host(a)[: len(ids)] for k, a in result.items()}, devices))
         bar.update(1)
 
     try:
@@ -459,7 +460,9 @@ def run_grid(
             collect(*in_flight)
     except KeyboardInterrupt:
         complete = False
-        n_done = sum(len(i) for i in done_ids)
+        if in_flight is not None:  # it is already running and cannot be cancelled: keep its cells
+            collect(*in_flight)
+        n_done = sum(len(ids) for ids, _, _ in finished)
         warnings.warn(
             f"run_grid interrupted: returning the {n_done} of {len(index)} cells that finished (complete=False)",
             RuntimeWarning,
@@ -468,16 +471,16 @@ def run_grid(
     finally:
         bar.close()
 
-    order = np.argsort(np.concatenate(done_ids)) if done_ids else np.zeros(0, int)
-    cell_ids = np.concatenate(done_ids)[order] if done_ids else np.zeros(0, int)
-    outputs = {k: _stack([p[k] for p in pieces])[order] for k in (pieces[0] if pieces else {})}
+    done_ids = np.concatenate([ids for ids, _, _ in finished]) if finished else np.zeros(0, int)
+    order = np.argsort(done_ids)
+    outputs = {k: _stack([host[k] for _, host, _ in finished])[order] for k in (finished[0][1] if finished else {})}
     info = {
         "n_devices": n_devices,
         "chunk_size": chunk,
-        "n_chunks": len(pieces),
+        "n_chunks": len(finished),
         "padded_cells": padded,
-        "output_devices": min(output_devices, default=0),
+        "output_devices": min((devices for _, _, devices in finished), default=0),
         "programs": programs,
         "seconds": time.perf_counter() - started,
     }
-    return GridResult(all_axes, index[cell_ids], outputs, static, complete, info)
+    return GridResult(all_axes, index[done_ids[order]], outputs, static, complete, info)

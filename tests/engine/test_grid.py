@@ -175,8 +175,10 @@ def test_interrupted_grid_returns_finished_chunks():
         return {"value": hparams["x"] + jax.random.uniform(key)}
 
     with pytest.warns(RuntimeWarning, match="interrupted"):
-        res = run_grid(fn, {"mode": ["ok", "stop"], "x": [1.0, 2.0]}, seeds=2, static=["mode"], progress=False)
-    assert not res.complete and len(res) == 4
+        res = run_grid(
+            fn, {"mode": ["ok", "stop"], "x": [1.0, 2.0]}, seeds=2, static=["mode"], chunk_size=2, progress=False
+        )
+    assert not res.complete and len(res) == 4 and res.info["n_chunks"] == 2
     assert all(c["mode"] == "ok" for c in res.cells) and res.outputs["value"].shape == (4,)
     assert res.aggregate()[0]["n_cells"] == 2
 
