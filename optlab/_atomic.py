@@ -8,7 +8,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import os
 import tempfile
 from pathlib import Path
@@ -37,11 +36,9 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 def _plain(value: Any) -> Any:
-    """JSON-safe scalars: numpy / jax scalars to Python, non-finite floats to their string names."""
+    """Plain Python values: numpy / jax scalars to Python scalars, containers recursively."""
     if hasattr(value, "item") and getattr(value, "size", 2) == 1:
         value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)  # "nan", "inf", "-inf": JSON has no literal for them
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     if isinstance(value, Mapping):
@@ -50,7 +47,9 @@ def _plain(value: Any) -> Any:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    return write_text(path, json.dumps(_plain(obj), indent=2) + "\n")
+    """JSON as Python writes it: non-finite floats use the ``NaN`` / ``Infinity`` tokens, which ``json.loads``,
+    pandas and most JSON5 readers read back as floats (a diverged cell stays a number, never a string)."""
+    return write_text(path, json.dumps(_plain(obj), indent=1, default=str) + "\n")
 
 
 def write_csv(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]]) -> Path:

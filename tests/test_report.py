@@ -1,5 +1,6 @@
 import csv
 import json
+import math
 
 import pytest
 
@@ -28,7 +29,7 @@ def test_non_finite_values_are_written_as_names(tmp_path):
     report.write_report(result, tmp_path)
     rows = list(csv.DictReader(open(tmp_path / "results.csv")))
     assert rows[0]["v"] == "nan" and rows[1]["v"] == "inf" and rows[0]["w"] == ""
-    assert json.loads((tmp_path / "results.json").read_text())["rows"][0]["v"] == "nan"
+    assert math.isnan(json.loads((tmp_path / "results.json").read_text())["rows"][0]["v"])
 
 
 def test_markdown_table_rejects_ragged_rows():
