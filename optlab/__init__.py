@@ -3,7 +3,7 @@
 from optlab import diagnostics
 from optlab.correction.greedy import CorrectionResult, correct_from_gram, greedy_correction
 from optlab.engine.grid import GridResult, run_grid
-from optlab.engine.loop import FitResult, fit
+from optlab.engine.loop import EarlyStop, FitResult, fit
 from optlab.optimizers.newton_root import NewtonRootState, newton_root, scale_by_newton_root
 from optlab.optimizers.preconditioned import newton_root_adam, newton_root_hutchinson
 
@@ -11,6 +11,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CorrectionResult",
+    "EarlyStop",
     "FitResult",
     "GridResult",
     "NewtonRootState",
