@@ -150,12 +150,13 @@ def _correct(gram, cross, w_pruned, kept, r_sq, n, magnitude, fraction, max_rela
         """Largest allowed |δ| in optimal mode (inf without max_relative or when it is inf), 0 on pruned weights."""
         if not bounded:
             return jnp.where(keep, jnp.inf, 0.0).astype(dtype)
-        limit = jnp.where(jnp.isinf(max_relative), jnp.inf, max_relative * jnp.abs(rows))
-        return jnp.where(keep, limit, 0.0).astype(dtype)
+        cap = jnp.where(jnp.isinf(max_relative), jnp.inf, max_relative * jnp.abs(rows))
+        return jnp.where(keep, cap, 0.0).astype(dtype)
 
-    # The scores need one pass over G per step, so they use one precomputed array ("level") and few ops:
-    #   fixed:   -ΔE = 2m s|G| - m²s²h  = (4/h) · c · max(|G| - c, 0) where gain > 0,  c = m·s·h/2
-    #   optimal: -ΔE = u (2|G| - u) / h, u = min(|G|, bound·h)  (u = |G| unclipped: gain G²/h)
+    # The scores cost one pass over G per step, so they read one precomputed array ("level") and use few ops;
+    # the per-row factor 1/h is applied after the row sum. With c = m·s·h/2 and u = min(|G|, bound·h):
+    #   fixed:   max(0, -ΔE) = max(0, 2m s|G| - m²s²h) = (4/h) · c · max(|G| - c, 0)
+    #   optimal: max(0, -ΔE) = u (2|G| - u) / h       (unclipped, u = |G|: the exact gain G²/h)
     if mode == "fixed":
         level = 0.5 * magnitude * size(w_pruned, kept) * h[:, None]
     else:

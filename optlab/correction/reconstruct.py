@@ -12,6 +12,12 @@ All three minimise (exactly or approximately) the layer-output error with the ma
 - :func:`admm_update`: ADMM on the masked least-squares problem (Boža, 2024).
 
 Orientation: weights are (d_in, d_out) like the rest of optlab, so SparseGPT's input "columns" are rows here.
+
+Each function alone runs its LAPACK factorisations one after another. jax 0.10's CPU LAPACK kernels block a thread
+of the intra-op pool while their batch runs on the same pool, so *independent* batched factorisations in one jitted
+program (e.g. all three methods under one ``vmap``) can deadlock a machine with few cores (fixed in jax 0.11.2).
+:func:`reconstructions` runs the three in sequence through real data dependencies; use it (or separate jitted
+calls) to get several of them at once.
 """
 
 from __future__ import annotations
@@ -167,3 +173,26 @@ def admm_update(gram, w_dense, mask, *, rho: float = 1.0, iterations: int = 20) 
 
     z, _ = lax.fori_loop(0, iterations, iterate, (keep * w0, jnp.zeros_like(w0)))
     return z / scale[:, None]
+
+
+def _after(x, dependency):
+    """``x``, made to depend on ``dependency``'s values so XLA cannot run the two concurrently (see module doc)."""
+    return x + 0.0 * jnp.sum(dependency)
+
+
+def reconstructions(gram, w_dense, mask, *, damping: float = 0.01, rho: float = 1.0,
+                    iterations: int = 20) -> dict[str, jax.Array]:
+    """All three reconstructions, one after another: ``{"least_squares", "sparsegpt", "admm"}``.
+
+    Jittable and vmappable; the methods are chained through data dependencies so their LAPACK calls never run
+    concurrently (see the module docstring).
+
+    Example::
+
+        ws = reconstructions(x.T @ x, w, mask)
+        errors = {k: layer_error(x, v, w) for k, v in ws.items()}
+    """
+    least_squares = masked_least_squares(gram, w_dense, mask)
+    sparsegpt = sparsegpt_update(_after(gram, least_squares), w_dense, mask, damping=damping)
+    admm = admm_update(_after(gram, sparsegpt), w_dense, mask, rho=rho, iterations=iterations)
+    return {"least_squares": least_squares, "sparsegpt": sparsegpt, "admm": admm}
