@@ -296,8 +296,8 @@ def _figures(config, grid):
     twin.plot(every, [np.mean(_cell(grid, "applied_share", m, f_claim)) for m in every], "s--", color="tab:red",
               label="positions applied")
     twin.set(ylabel="positions applied (share of K)", ylim=(0, 1.05))
-    ax.legend(loc="upper left")
-    twin.legend(loc="lower left")
+    ax.legend(loc="lower center")
+    twin.legend(loc="lower right")
     figures["correction_sweep.png"] = fig
     fig, ax = plot.new_figure()
     for m in every:

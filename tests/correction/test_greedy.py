@@ -136,7 +136,8 @@ def test_error_never_increases_and_matches_the_weights(seed, magnitude):
     errors = np.concatenate([[float(res.initial_error)], np.asarray(res.trace.error)])
     assert np.all(np.diff(errors) <= 1e-6 * errors[0])
     assert np.all(np.asarray(res.trace.improvement) >= 0)
-    np.testing.assert_allclose(res.trace.improvement, -(res.trace.linear + res.trace.quad), rtol=1e-5, atol=1e-9)
+    scale = float(np.abs(res.trace.linear).max())  # float32: improvement = -(linear + quad) up to cancellation
+    np.testing.assert_allclose(res.trace.improvement, -(res.trace.linear + res.trace.quad), atol=1e-6 * scale)
     true_final = np.sum((x @ (np.asarray(res.weights, np.float64) - w)) ** 2) / (N * D_OUT)
     np.testing.assert_allclose(float(res.final_error), true_final, rtol=1e-4)
     assert np.all(np.asarray(res.weights)[w_pruned == 0] == 0)
