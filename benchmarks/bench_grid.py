@@ -4,19 +4,26 @@ Usage::
 
     python benchmarks/bench_grid.py            # grids of 16, 256, 1024 configs (several minutes on a laptop CPU)
     python benchmarks/bench_grid.py --quick    # smaller grids and fewer steps
+    python benchmarks/bench_grid.py --only tiny --repeat 3 --shuffle   # tiny regimes, shuffled, best of 3
 
 Two regimes, Adam, a grid of learning rates × seeds:
 
 * tiny (the lab notes' sizes): linear regression y = 2x + 1 (2 parameters, 1000 points, batch 32, 3000 steps) and
   a 1→8→8→1 tanh MLP on y = sin(3x). ``run_grid`` runs ``fit`` with its full features on (trace, early stop, NaN
-  guard); mini-batches in a fixed order unless ``--shuffle`` (fit then draws a fresh permutation per epoch).
+  guard); mini-batches in a fixed order unless ``--shuffle`` (fit then draws one permutation per epoch).
   Baselines: (a) a Python loop calling one jitted single-config ``fit`` (compiled once, called per
   config); (b) the same training as a PyTorch CPU loop (optional; skipped when torch is not installed).
+  Reference ceiling ("bare"): the same Adam training as a hand-written ``lax.scan`` (same init, same batches, no
+  trace, early stop or NaN guard), run through ``run_grid`` too, i.e. ``jit(vmap(scan))``; "fit/bare" is the
+  price of fit's features under vmap.
 * compute-bound: a 1→64→64→1 MLP on 256 points (full batch, 1000 steps): achieved matmul FLOP/s of the grid
   (forward + backward ≈ 3 × forward matmul FLOPs) as a share of this machine's measured float32 matmul peak
-  (a jitted 2048×2048 matmul timed in the same run), and against (a).
+  (a jitted 2048×2048 matmul timed in the same run), and against (a). ``--compute-bare`` adds the bare reference
+  there too (it takes as long as the fit grid).
 
-Every timing is taken after compilation ("warm-up s" is the first call: compile + one chunk).
+Every timing is taken after compilation ("warm-up s" is the first call: compile + one chunk); with ``--repeat R``
+each grid is timed R times and the fastest is reported (the machine may be shared: fit and bare are timed
+alternately, so both see the same load).
 Baselines that take long are timed on a few configs and extrapolated per config (the output says so); they run one
 config at a time, so their time is linear in the number of configs.
 """
@@ -85,25 +92,75 @@ def make_cell(widths, data, steps, batch_size, shuffle=False):
     return cell
 
 
+def make_bare_cell(widths, data, steps, batch_size, shuffle=False):
+    """The reference: the cell's Adam training as a bare ``lax.scan`` (no fit: no trace, early stop or NaN guard).
+
+    Same init and batches as ``fit`` (epoch ``e`` uses ``permutation(fold_in(data_key, e), n)`` when shuffling):
+    an outer scan over epochs draws each permutation once, an inner scan runs the epoch's steps.
+    """
+    n = data["x"].shape[0]
+    per_epoch = n // batch_size if batch_size else 1
+    full_epochs, rest = divmod(steps, per_epoch)
+
+    def cell(hparams, key):
+        init_key, data_key = jax.random.split(key)
+        params = mlp_init(init_key, widths)
+        tx = optax.adam(hparams["lr"])
+
+        def epoch(carry, index, n_steps):
+            order = jax.random.permutation(jax.random.fold_in(data_key, index), n) if shuffle else None
+
+            def step(carry, i):
+                params, state = carry
+                if batch_size is None:
+                    batch = data
+                elif shuffle:
+                    rows = jax.lax.dynamic_slice_in_dim(order, i * batch_size, batch_size)
+                    batch = jax.tree.map(lambda x: jnp.take(x, rows, axis=0), data)
+                else:
+                    batch = jax.tree.map(lambda x: jax.lax.dynamic_slice_in_dim(x, i * batch_size, batch_size), data)
+                loss, grads = jax.value_and_grad(mse)(params, batch)
+                updates, state = tx.update(grads, state, params)
+                return (optax.apply_updates(params, updates), state), loss
+
+            return jax.lax.scan(step, carry, jnp.arange(n_steps))
+
+        carry = (params, tx.init(params))
+        carry, losses = jax.lax.scan(lambda c, e: epoch(c, e, per_epoch), carry, jnp.arange(full_epochs))
+        losses = losses.reshape(-1)
+        if rest:
+            carry, tail = epoch(carry, full_epochs, rest)
+            losses = jnp.concatenate([losses, tail])
+        return {"final_loss": losses[-1], "loss": losses}
+
+    return cell
+
+
 def grid_axes(n_configs: int, n_seeds: int = 16):
     n_seeds = min(n_seeds, n_configs)
     return {"lr": np.geomspace(1e-3, 1e-1, n_configs // n_seeds).tolist()}, n_seeds
 
 
-def time_grid(cell, n_configs, chunk_size=None):
-    """Seconds of a warm ``run_grid`` call and of the warm-up call (compile + run).
+def time_grids(cells, n_configs, chunk_size=None, repeats=1):
+    """Per cell: (seconds of the fastest warm ``run_grid`` call, seconds of the warm-up call, last GridResult).
 
-    The warm-up runs a grid of one chunk: run_grid reuses its compiled program for every chunk of the same size.
+    The warm-up runs a grid of one chunk (compile + run): run_grid reuses its compiled program for every chunk of
+    the same size. The cells are timed alternately, ``repeats`` rounds, so they share the machine's load.
     """
     warm_n = n_configs if chunk_size is None else min(n_configs, chunk_size)
-    start = time.perf_counter()
     warm_axes, warm_seeds = grid_axes(warm_n)
-    optlab.run_grid(cell, warm_axes, seeds=warm_seeds, chunk_size=chunk_size, progress=False)
-    first = time.perf_counter() - start
     axes, seeds = grid_axes(n_configs)
-    start = time.perf_counter()
-    result = optlab.run_grid(cell, axes, seeds=seeds, chunk_size=chunk_size, progress=False)
-    return time.perf_counter() - start, first, result
+    first, best, results = [], [float("inf")] * len(cells), [None] * len(cells)
+    for cell in cells:
+        start = time.perf_counter()
+        optlab.run_grid(cell, warm_axes, seeds=warm_seeds, chunk_size=chunk_size, progress=False)
+        first.append(time.perf_counter() - start)
+    for _ in range(repeats):
+        for i, cell in enumerate(cells):
+            start = time.perf_counter()
+            results[i] = optlab.run_grid(cell, axes, seeds=seeds, chunk_size=chunk_size, progress=False)
+            best[i] = min(best[i], time.perf_counter() - start)
+    return list(zip(best, first, results))
 
 
 def time_loop_per_config(cell, n_measured):
@@ -167,8 +224,9 @@ def matmul_flops_per_step(widths, n_examples: int) -> float:
     return 3.0 * forward  # backward ≈ 2 × forward
 
 
-def bench_tiny(name, widths, data, steps, batch_size, shuffle, sizes, n_loop, n_torch):
+def bench_tiny(name, widths, data, steps, batch_size, shuffle, sizes, n_loop, n_torch, repeats):
     cell = make_cell(widths, data, steps, batch_size, shuffle)
+    bare = make_bare_cell(widths, data, steps, batch_size, shuffle)
     loop_s = time_loop_per_config(cell, n_loop)
     torch_s = time_torch_per_config(widths, data, steps, batch_size, shuffle, n_torch)
     print(f"\n## tiny: {name} ({sum(a * b + b for a, b in zip(widths[:-1], widths[1:]))} params, "
@@ -178,19 +236,22 @@ def bench_tiny(name, widths, data, steps, batch_size, shuffle, sizes, n_loop, n_
         print("(b) PyTorch: skipped (torch is not installed)")
     else:
         print(f"(b) PyTorch CPU loop: {torch_s * 1e3:.1f} ms/config (measured on {n_torch}, extrapolated)")
+    print("bare = the same training as a bare jit(vmap(lax.scan)) without fit (reference ceiling)")
     print(f"{'configs':>8} {'grid s':>9} {'warm-up s':>10} {'configs/s':>11} {'(a) s':>9} {'x vs (a)':>9} "
-          f"{'x vs (b)':>10}  finite")  # fmt: skip
+          f"{'bare s':>9} {'bare x (a)':>11} {'fit/bare':>9} {'x vs (b)':>10}  finite")  # fmt: skip
     for n in sizes:
-        seconds, first, result = time_grid(cell, n)
+        (seconds, first, result), (bare_s, _, _) = time_grids([cell, bare], n, repeats=repeats)
         vs_torch = f"{torch_s * n / seconds:10.0f}" if torch_s is not None else f"{'-':>10}"
         finite = int(np.isfinite(result.outputs["final_loss"]).sum())
         print(f"{n:8d} {seconds:9.3f} {first:10.2f} {n / seconds:11.1f} {loop_s * n:9.2f} {loop_s * n / seconds:9.1f} "
-              f"{vs_torch}  {finite}/{n}")  # fmt: skip
+              f"{bare_s:9.3f} {loop_s * n / bare_s:11.1f} {seconds / bare_s:9.2f} {vs_torch}  {finite}/{n}")  # fmt: skip
 
 
-def bench_compute(sizes, steps, n_loop, peak, chunk_size=64):
+def bench_compute(sizes, steps, n_loop, peak, repeats, with_bare, chunk_size=64):
     widths, n_examples = (1, 64, 64, 1), 256
-    cell = make_cell(widths, sine_data(n_examples), steps, None)
+    data = sine_data(n_examples)
+    cell = make_cell(widths, data, steps, None)
+    cells = [cell, make_bare_cell(widths, data, steps, None)] if with_bare else [cell]
     flops = matmul_flops_per_step(widths, n_examples) * steps
     loop_s = time_loop_per_config(cell, n_loop)
     print(f"\n## compute-bound: 1->64->64->1 MLP, {n_examples} points full batch, {steps} steps, Adam, "
@@ -200,12 +261,14 @@ def bench_compute(sizes, steps, n_loop, peak, chunk_size=64):
     print(f"(a) jitted single-config fit in a Python loop: {loop_s * 1e3:.1f} ms/config (measured on {n_loop}), "
           f"{flops / loop_s / 1e9:.2f} GFLOP/s = {flops / loop_s / peak:.1%} of peak")  # fmt: skip
     print(f"{'configs':>8} {'grid s':>9} {'warm-up s':>10} {'configs/s':>11} {'GFLOP/s':>9} {'of peak':>8} "
-          f"{'x vs (a)':>9}")  # fmt: skip
+          f"{'x vs (a)':>9} {'bare s':>9} {'fit/bare':>9}")  # fmt: skip
     for n in sizes:
-        seconds, first, _ = time_grid(cell, n, chunk_size)
+        timings = time_grids(cells, n, chunk_size, repeats=repeats)
+        seconds, first, _ = timings[0]
         achieved = flops * n / seconds
+        bare = f"{timings[1][0]:9.3f} {seconds / timings[1][0]:9.2f}" if with_bare else f"{'-':>9} {'-':>9}"
         print(f"{n:8d} {seconds:9.3f} {first:10.2f} {n / seconds:11.1f} {achieved / 1e9:9.2f} {achieved / peak:8.1%} "
-              f"{loop_s * n / seconds:9.1f}")  # fmt: skip
+              f"{loop_s * n / seconds:9.1f} {bare}")  # fmt: skip
 
 
 def main():
@@ -215,19 +278,27 @@ def main():
     parser.add_argument(
         "--shuffle", action="store_true", help="tiny problems: fit's shuffled mini-batches (default: fixed order)"
     )
+    parser.add_argument("--repeat", type=int, default=1, help="time each grid this many times, report the fastest")
+    parser.add_argument(
+        "--compute-bare", action="store_true", help="compute-bound: also time the bare reference (slow)"
+    )
+    parser.add_argument("--only", choices=("tiny", "compute"), default=None, help="run one regime only")
     args = parser.parse_args()
+    if args.repeat < 1:
+        parser.error(f"--repeat must be >= 1, got {args.repeat}")
     sizes = [int(n) for n in args.sizes.split(",")] if args.sizes else [16, 64] if args.quick else [16, 256, 1024]
     tiny_steps, compute_steps = (500, 200) if args.quick else (3000, 1000)
     print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} x{jax.device_count()}; "
           f"grid = learning rates x seeds (16 seeds, or fewer for small grids); timings after compilation; "
           f"load average {os.getloadavg()[0]:.1f} (other processes make timings noisy)")  # fmt: skip
-    peak = matmul_peak()
     for name, widths, data in [
         ("linear regression y = 2x + 1", (1, 1), regression_data()),
         ("1->8->8->1 MLP", (1, 8, 8, 1), sine_data(1000)),
     ]:
-        bench_tiny(name, widths, data, tiny_steps, 32, args.shuffle, sizes, 16, 2)
-    bench_compute(sizes, compute_steps, 4, peak)
+        if args.only != "compute":
+            bench_tiny(name, widths, data, tiny_steps, 32, args.shuffle, sizes, 16, 2, args.repeat)
+    if args.only != "tiny":
+        bench_compute(sizes, compute_steps, 4, matmul_peak(), args.repeat, args.compute_bare)
 
 
 if __name__ == "__main__":

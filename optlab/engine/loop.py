@@ -16,7 +16,8 @@ Conventions (chosen here, documented once):
 * Data. ``batch_size=None`` passes the whole ``data`` pytree every step. Otherwise an epoch is
   ``n // batch_size`` steps (the last partial batch is dropped); step ``t`` uses batch ``t % per_epoch`` of epoch
   ``t // per_epoch``, in the order ``permutation(fold_in(key, epoch), n)`` when ``shuffle`` and ``0..n-1``
-  otherwise. The batch is a function of ``(key, t)`` only, which makes chunked and resumed runs bit-identical.
+  otherwise. The batch is a function of ``(key, t)`` only, which makes chunked and resumed runs bit-identical;
+  the permutation is drawn once per epoch, also under ``vmap`` (:mod:`optlab.engine.batching`).
 * Extra arguments. The optimizer gets ``value=`` (the loss), ``grad=`` (the raw gradient) and ``value_fn=``
   (``params -> loss`` on the current batch), so ``optax.polyak_sgd``, Newton-root optimizers and optax line
   searches work; plain optimizers ignore them (``optax.with_extra_args_support``).
@@ -27,10 +28,11 @@ Conventions (chosen here, documented once):
 * Precision. Inexact leaves of params and data are cast to ``dtype``; updates are cast to the parameter dtype
   before they are added, so a float16 update below half an ulp leaves the parameter unchanged. Only diagnostics
   (losses in the trace, gradient norms) are kept in at least float32.
-* Trace. One row per ``log_every`` steps (an outer scan over rows, an inner scan over the row's window of steps):
-  row ``r`` holds the loss, gradient norms, schedule value, step scale and metrics of step ``r * log_every`` (loss
-  and metrics at the parameters before that update); ``"skipped"`` is whether any step of the window was skipped.
-  Gradient norms are computed in at least float32 (a float16 sum of squares overflows).
+* Trace. One row per ``log_every`` steps (an outer scan over rows; a row's first step computes its entries, an
+  inner scan runs the window's other steps without computing any): row ``r`` holds the loss, gradient norms,
+  schedule value, step scale and metrics of step ``r * log_every`` (loss and metrics at the parameters before that
+  update); ``"skipped"`` is whether any step of the window was skipped. Gradient norms are computed in at least
+  float32 (a float16 sum of squares overflows).
 * Early stopping. ``best_*`` track the lowest loss seen; ``wait`` counts steps since the loss last beat the best by
   more than ``min_delta``; at the step where ``wait >= patience`` the run freezes (that update is not applied) and
   ``stopped_at`` is that step, i.e. the number of applied updates. Losses are per-batch losses.
@@ -44,6 +46,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import operator
 import os
 from collections.abc import Callable, Mapping
@@ -56,7 +59,9 @@ import numpy as np
 import optax
 from jax import lax
 
+from optlab.engine import batching
 from optlab.engine import checkpoint as ckpt
+from optlab.engine.batching import batch_at
 from optlab.engine.checkpoint import TrainState
 from optlab.optimizers import grouping
 
@@ -133,13 +138,6 @@ def _cast(tree: Any, dtype: jnp.dtype) -> Any:
     return jax.tree.map(cast, tree)
 
 
-def _n_examples(data: Any) -> int:
-    sizes = {np.shape(leaf)[0] if np.ndim(leaf) else None for leaf in jax.tree.leaves(data)}
-    if not sizes or None in sizes or len(sizes) != 1:
-        raise ValueError(f"data leaves must share one leading (example) axis to draw batches; leading sizes {sizes}")
-    return sizes.pop()
-
-
 def _group_ids(params: Any, groups: Any) -> tuple[tuple[int, ...], int, tuple[str, ...]]:
     if isinstance(groups, str):
         grouping.check_choice("groups", groups, GROUPS)
@@ -147,30 +145,56 @@ def _group_ids(params: Any, groups: Any) -> tuple[tuple[int, ...], int, tuple[st
     return grouping.group_ids(params, "per_layer", layer_labels=groups)
 
 
-def _all_finite(tree: Any) -> jax.Array:
-    return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)] or [True]))
+def _all_finite(grads: Any, updates: Any) -> jax.Array:
+    """Whether every gradient and update entry is finite: one reduction per leaf (both trees share its shape)."""
+    g_leaves, u_leaves = jax.tree.leaves(grads), jax.tree.leaves(updates)
+    if [jnp.shape(g) for g in g_leaves] == [jnp.shape(u) for u in u_leaves]:
+        flags = [jnp.all(jnp.isfinite(g) & jnp.isfinite(u)) for g, u in zip(g_leaves, u_leaves)]
+    else:  # an optimizer whose updates are not shaped like the parameters
+        flags = [jnp.all(jnp.isfinite(leaf)) for leaf in g_leaves + u_leaves]
+    return functools.reduce(operator.and_, flags, jnp.asarray(True))
 
 
-def batch_at(data: Any, step: jax.Array, key: jax.Array, batch_size: int | None, shuffle: bool) -> Any:
-    """The batch of step ``step``: a function of ``(key, step)`` only (see the module docstring)."""
-    if data is None or batch_size is None:
-        return data
-    n = _n_examples(data)
-    per_epoch = n // batch_size
-    epoch, start = step // per_epoch, (step % per_epoch) * batch_size
-    if not shuffle:
-        return jax.tree.map(lambda x: lax.dynamic_slice_in_dim(x, start, batch_size), data)
-    index = lax.dynamic_slice_in_dim(jax.random.permutation(jax.random.fold_in(key, epoch), n), start, batch_size)
-    return jax.tree.map(lambda x: jnp.take(x, index, axis=0), data)
+def _computed_once(flag: jax.Array) -> jax.Array:
+    """``flag`` (bool), evaluated once per step instead of once per consumer.
+
+    XLA:CPU duplicates cheap elementwise producers into each consumer fusion; under ``vmap`` with one-element
+    leaves, the NaN guard and early-stopping predicate (finiteness of every gradient and update leaf, loss
+    comparisons) was recomputed inside the select of every parameter and optimizer-state leaf. ``sqrt`` is an op
+    XLA never duplicates, so routing the flag through it (``sqrt(0) = 0``, ``sqrt(1) = 1``) materialises it once.
+    """
+    return jnp.sqrt(flag.astype(jnp.float32)) > 0.5
+
+
+class _Carry(NamedTuple):
+    """The carry of the training scan: the checkpointed state plus the current epoch's example order."""
+
+    state: TrainState  # everything a resume restores
+    order: batching.Order | None  # shuffled mini-batches: the epoch's permutation (a function of key and step)
 
 
 def _make_chunk(loss_of, combine, opt, *, log_every, batch_size, shuffle, schedule, clip, weight_decay,
                 early_stop, loss_scale, ids, n_groups, has_step_scale, metrics_fn, record_dtype, end_loss):
     """Builds ``run_chunk(state, data, n_rows) -> (state, rows, loss at the final params)``, jitted."""
 
-    def step(state: TrainState, data: Any):
+    def row_of(value, grads, lr, opt_state):
+        # The trace entries derived from one step; computed on logged steps only.
+        group_sq = grouping.group_sq_norms(grads, ids, n_groups)
+        row = {
+            "loss": value,
+            "grad_norm": jnp.sqrt(jnp.sum(group_sq)),
+            "group_grad_norms": jnp.sqrt(group_sq),
+            "lr": lr.astype(jnp.promote_types(lr.dtype, jnp.float32)),
+        }
+        if has_step_scale:
+            row["step_scale"] = jnp.atleast_1d(optax.tree.get_all_with_path(opt_state, "step_scale")[0][1])
+        return row
+
+    def step(carry: _Carry, data: Any, log: bool):
+        """One update; with ``log`` also its trace row (gradient norms etc. are computed on logged steps only)."""
+        state = carry.state
         t = state.step
-        batch = batch_at(data, t, state.key, batch_size, shuffle)
+        batch, order = batching.next_batch(data, t, state.key, carry.order, batch_size, shuffle)
 
         def batch_loss(p):
             return loss_of(p, batch)
@@ -194,7 +218,7 @@ def _make_chunk(loss_of, combine, opt, *, log_every, batch_size, shuffle, schedu
         updates = optax.tree.cast_like(updates, state.params)  # no hidden upcast of the parameter add
 
         running = state.stopped_at < 0
-        finite = jnp.isfinite(value) & _all_finite(grads) & _all_finite(updates)
+        finite = _computed_once(jnp.isfinite(value) & _all_finite(grads, updates))
         value = value.astype(record_dtype)
         improved = running & (value < state.best_loss)  # False for NaN
         wait, stopped_at = state.wait, state.stopped_at
@@ -203,8 +227,9 @@ def _make_chunk(loss_of, combine, opt, *, log_every, batch_size, shuffle, schedu
             wait = jnp.where(running, jnp.where(significant, 0, wait + 1), wait)
             stop_now = running & (wait >= early_stop.patience)
             stopped_at = jnp.where(stop_now, t, stopped_at)
-            running = running & ~stop_now
-        apply = running & finite
+            running = _computed_once(running & ~stop_now)
+        apply, improved = running & finite, _computed_once(improved)
+        skipped = running & ~finite
         new = TrainState(
             step=t + 1,
             params=optax.tree.where(apply, optax.apply_updates(state.params, updates), state.params),
@@ -215,35 +240,28 @@ def _make_chunk(loss_of, combine, opt, *, log_every, batch_size, shuffle, schedu
             best_step=jnp.where(improved, t, state.best_step),
             wait=wait,
             stopped_at=stopped_at,
-            skipped=state.skipped + (running & ~finite).astype(jnp.int32),
+            skipped=state.skipped + skipped.astype(jnp.int32),
         )
-        group_sq = grouping.group_sq_norms(grads, ids, n_groups)
-        row = {
-            "loss": value,
-            "grad_norm": jnp.sqrt(jnp.sum(group_sq)),
-            "group_grad_norms": jnp.sqrt(group_sq),
-            "lr": lr.astype(jnp.promote_types(lr.dtype, jnp.float32)),
-            "skipped": running & ~finite,
-        }
-        if has_step_scale:
-            row["step_scale"] = jnp.atleast_1d(optax.tree.get_all_with_path(new.opt_state, "step_scale")[0][1])
-        return new, row
+        row = row_of(value, grads, lr, new.opt_state) if log else None
+        return _Carry(new, order), (row, skipped)
 
-    def window(state: TrainState, data: Any):
-        # Metrics at the window's first params; one step body for all steps (rows of later steps are dropped:
-        # the norms are cheap next to a gradient, and tracing the step once halves compile time).
-        metrics = {} if metrics_fn is None else metrics_fn(combine(state.params))
+    def window(carry: _Carry, data: Any):
+        # Metrics at the window's first params; the row holds that step's entries and whether any step skipped.
+        metrics = {} if metrics_fn is None else metrics_fn(combine(carry.state.params))
         if not isinstance(metrics, Mapping):
             raise TypeError(f"metrics_fn must return a dict name -> array, got {type(metrics).__name__}")
-        state, rows = lax.scan(lambda s, _: step(s, data), state, length=log_every)
-        row = {name: values[0] for name, values in rows.items()}
-        row["skipped"] = jnp.any(rows["skipped"])
+        carry, (row, skipped) = step(carry, data, True)
+        if log_every > 1:  # the window's other steps record nothing: no norms, no stacked rows
+            carry, (_, skips) = lax.scan(lambda c, _: step(c, data, False), carry, length=log_every - 1)
+            skipped = skipped | jnp.any(skips)
+        row["skipped"] = skipped
         row.update({f"metrics/{name}": jnp.asarray(v) for name, v in metrics.items()})
-        return state, row
+        return carry, row
 
     def run_chunk(state: TrainState, data: Any, n_rows: int):
-        state, rows = lax.scan(lambda s, _: window(s, data), state, length=n_rows)
-        final = None
+        carry = _Carry(state, batching.init_order(data, state.step, state.key, batch_size, shuffle))
+        carry, rows = lax.scan(lambda c, _: window(c, data), carry, length=n_rows)
+        state, final = carry.state, None
         if end_loss:  # the loss the next step will record: what best_checkpoint ranks by
             final = loss_of(state.params, batch_at(data, state.step, state.key, batch_size, shuffle))
         return state, rows, final
@@ -336,7 +354,7 @@ def fit(
         batch_size = _int_arg("batch_size", batch_size, 1)
         if data is None:
             raise ValueError("batch_size needs data: pass data= (arrays with a leading example axis)")
-        if batch_size > (n := _n_examples(data)):
+        if batch_size > (n := batching.n_examples(data)):
             raise ValueError(f"batch_size={batch_size} exceeds the number of examples n={n}")
     if not isinstance(shuffle, bool):
         raise TypeError(f"shuffle must be True or False, got {shuffle!r}")

@@ -11,7 +11,7 @@ import optax
 import pytest
 
 import optlab
-from optlab.engine import EarlyStop, fit, schedules
+from optlab.engine import EarlyStop, batching, fit, schedules
 
 X = jnp.linspace(-1.0, 1.0, 12).reshape(6, 2)
 Y = X @ jnp.array([2.0, -1.0]) + 0.5
@@ -107,6 +107,69 @@ def test_shuffled_batches_cover_each_epoch_once():
         assert bin(a | b | c).count("1") == 9  # 9 of 10 examples: the partial last batch is dropped
     assert len({tuple(epoch) for epoch in sums}) > 1  # a new permutation per epoch
     np.testing.assert_array_equal(sums, _batch_sums(True, jax.random.key(0)))  # a function of the key
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+@pytest.mark.parametrize("batch_size", [3, 4])
+def test_next_batch_from_any_start_equals_batch_at(shuffle, batch_size):
+    # The order carried through a scan (drawn once per epoch) gives the batches batch_at draws from (key, step).
+    data = {"x": jnp.arange(20.0).reshape(10, 2), "i": jnp.arange(10)}
+    key = jax.random.key(7)
+
+    @jax.jit
+    def carried(start):
+        def body(order, t):
+            batch, order = batching.next_batch(data, t, key, order, batch_size, shuffle)
+            return order, batch
+        order = batching.init_order(data, start, key, batch_size, shuffle)
+        return jax.lax.scan(body, order, start + jnp.arange(11))[1]
+
+    for start in (0, 2, 7):  # at an epoch start and mid-epoch (3 or 2 batches per epoch)
+        expected = jax.vmap(lambda t: batching.batch_at(data, t, key, batch_size, shuffle))(start + jnp.arange(11))
+        chex.assert_trees_all_equal(carried(jnp.int32(start)), expected)
+
+
+def test_shuffled_batches_depend_only_on_key_and_step(tmp_path):
+    # grad of -p * sum(batch) is -sum(batch), so grad_norm is the batch sum; 10 examples, batch 3: 3 steps per
+    # epoch, so chunks of 4 steps and the resume at step 8 start mid-epoch.
+    data, key = 2.0 ** jnp.arange(10), jax.random.key(5)
+
+    def run(**kwargs):
+        return fit(lambda p, b: -p * jnp.sum(b), jnp.zeros(()), optax.sgd(1.0), steps=14, data=data, batch_size=3,
+                   key=key, **kwargs)
+
+    whole = run()
+    sums = [float(jnp.sum(batching.batch_at(data, t, key, 3, True))) for t in range(14)]
+    np.testing.assert_array_equal(whole.trace["grad_norm"], sums)
+    chunked = run(checkpoint_every=4, checkpoint_dir=tmp_path)
+    resumed = run(resume_from=tmp_path / "checkpoint_000008.eqx")
+    for other in (chunked, resumed):
+        chex.assert_trees_all_equal(other.trace, whole.trace)
+        chex.assert_trees_all_equal(other.params, whole.params)
+
+
+def test_vmapped_fit_keeps_the_epoch_redraw_a_branch():
+    # The step counter is the same in every grid cell, so vmap keeps the once-per-epoch redraw a cond; a batched
+    # predicate would have become a select that draws a permutation every step.
+    def run(lr, key):
+        return fit(mse, PARAMS, optax.sgd(lr), steps=7, data=DATA, batch_size=2, key=key).params
+
+    jaxpr = jax.make_jaxpr(jax.vmap(run))(jnp.ones(2), jax.random.split(jax.random.key(0), 2))
+    assert "cond[" in str(jaxpr)
+
+
+def test_log_every_rows_equal_every_step_rows():
+    # A window computes its row at its first step only: every entry equals the per-step trace sampled there.
+    kwargs = dict(steps=12, data=DATA, batch_size=2, key=jax.random.key(2), schedule=schedules.cosine(12),
+                  metrics_fn=lambda p: {"b": p["dense"]["b"]})
+    tx = optlab.newton_root(0.5, scaling="per_layer")
+    every, sparse = fit(mse, PARAMS, tx, **kwargs), fit(mse, PARAMS, tx, log_every=4, **kwargs)
+    assert set(sparse.trace) == set(every.trace)
+    for name in every.trace:
+        if name != "skipped":
+            np.testing.assert_array_equal(sparse.trace[name], every.trace[name][::4], err_msg=name)
+    chex.assert_trees_all_equal(sparse.params, every.params)
+    chex.assert_trees_all_equal(sparse.best_params, every.best_params)
 
 
 def test_polyak_sgd_receives_value():
