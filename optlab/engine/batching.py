@@ -87,7 +87,7 @@ def init_order(data: Any, step: jax.Array, key: jax.Array, batch_size: int | Non
 def next_batch(
     data: Any, step: jax.Array, key: jax.Array, order: Order | None, batch_size: int | None, shuffle: bool
 ) -> tuple[Any, Order | None]:
-    """``(B_step, order)``: the batch of ``step`` and the order, redrawn only when ``step`` starts a new epoch.
+    """``(B_step, order)``: the batch of ``step`` and the order, redrawn only when ``step`` is in another epoch.
 
     Equal to ``batch_at(data, step, key, ...)`` for any ``order`` from :func:`init_order` or a previous call.
     """
@@ -95,10 +95,10 @@ def next_batch(
         return batch_at(data, step, key, batch_size, shuffle), None
     n = n_examples(data)
     per_epoch = n // batch_size
-    epoch = step // per_epoch
+    epoch = jnp.asarray(step, order.epoch.dtype) // per_epoch
     index = lax.cond(
         epoch == order.epoch,
         lambda: order.index,
         lambda: epoch_permutation(key, epoch, n).astype(order.index.dtype),
     )
-    return _slice(data, step, index, batch_size, per_epoch), Order(epoch.astype(order.epoch.dtype), index)
+    return _slice(data, step, index, batch_size, per_epoch), Order(epoch, index)
