@@ -39,24 +39,30 @@ def best_time(fn, repeat: int) -> float:
     return best
 
 
+def _numpy_choice(p, col_sq, kept, scale, magnitude, used):
+    """One greedy selection from the dot products P: the best unused position j and its row update, or None."""
+    delta = -np.sign(p) * magnitude * scale
+    d_e = delta * (2 * p + delta * col_sq[:, None])
+    gain = np.where(kept & (d_e < 0), -d_e, 0.0).sum(axis=1)
+    gain[used] = -np.inf
+    j = int(np.argmax(gain))
+    if gain[j] <= 0:
+        return None
+    return j, np.where(kept[j] & (d_e[j] < 0), delta[j], 0.0)
+
+
 def numpy_residual_steps(x, w_dense, w_pruned, magnitude, steps):
     """The note's form: recompute P = xᵀR for the selection at every step."""
-    kept = w_pruned != 0
-    scale = np.abs(w_pruned)
+    kept, scale = w_pruned != 0, np.abs(w_pruned)
     residual = x @ (w_pruned - w_dense)
     col_sq = np.einsum("ij,ij->j", x, x)
     used = np.zeros(x.shape[1], bool)
     positions = []
     for _ in range(steps):
-        p = x.T @ residual
-        delta = -np.sign(p) * magnitude * scale
-        d_e = delta * (2 * p + delta * col_sq[:, None])
-        gain = np.where(kept & (d_e < 0), -d_e, 0.0).sum(axis=1)
-        gain[used] = -np.inf
-        j = int(np.argmax(gain))
-        if gain[j] <= 0:
+        choice = _numpy_choice(x.T @ residual, col_sq, kept, scale, magnitude, used)
+        if choice is None:
             break
-        row = np.where(kept[j] & (d_e[j] < 0), delta[j], 0.0)
+        j, row = choice
         residual += np.outer(x[:, j], row)
         used[j] = True
         positions.append(j)
@@ -65,21 +71,16 @@ def numpy_residual_steps(x, w_dense, w_pruned, magnitude, steps):
 
 def numpy_gram_steps(gram, cross, w_pruned, magnitude, steps):
     """The scan's algorithm in NumPy: scores from G, then G += H[:, j] Δ_jᵀ."""
-    kept = w_pruned != 0
-    scale = np.abs(w_pruned)
+    kept, scale = w_pruned != 0, np.abs(w_pruned)
     h = np.diagonal(gram).copy()
     g = cross.copy()
     used = np.zeros(gram.shape[0], bool)
     positions = []
     for _ in range(steps):
-        delta = -np.sign(g) * magnitude * scale
-        d_e = delta * (2 * g + delta * h[:, None])
-        gain = np.where(kept & (d_e < 0), -d_e, 0.0).sum(axis=1)
-        gain[used] = -np.inf
-        j = int(np.argmax(gain))
-        if gain[j] <= 0:
+        choice = _numpy_choice(g, h, kept, scale, magnitude, used)
+        if choice is None:
             break
-        row = np.where(kept[j] & (d_e[j] < 0), delta[j], 0.0)
+        j, row = choice
         g += np.outer(gram[:, j], row)
         used[j] = True
         positions.append(j)
