@@ -65,6 +65,9 @@ class StudyResult:
     sections: list[Section]
     rows: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    complete: bool = True  # False when interrupted: the report says "INCOMPLETE: k of n cells" on its first line
+    cells_done: int | None = None  # grid cells that finished (None when the study has no cell count)
+    cells_total: int | None = None  # grid cells the full run would have
 
     @property
     def claims(self) -> list[Claim]:
