@@ -27,13 +27,21 @@ import numpy as np
 VERDICTS: tuple[str, ...] = ("converged", "plateaued", "diverged", "nan")
 CONVERGED, PLATEAUED, DIVERGED, NAN = range(len(VERDICTS))
 
+# divergence(): the defaults of its rule (see its docstring), named so studies can quote them.
+DIVERGENCE_REL_TOL = 0.5  # the level a diverged run stays above: best + 0.5·|best| (zig-zag lows come back below)
+DIVERGENCE_WINDOW_SHARE = 0.05  # window of the sustained-rise test: 5 % of the trace
+DIVERGENCE_NOISE = 0.2  # share of a window that may dip below the level inside a sustained rise
+HOVER_QUANTILE = 0.25  # the onset is the last step before the crossing at or below this quantile of the hover
+REL_FLOOR = 1e-10  # losses below this share of the first loss are float noise of a finished run
+PLATEAU_TOL = 0.05  # a tail that drops by less than 5 % of its start value is a plateau
+
 
 class Divergence(NamedTuple):
     """Where a loss trace was best and whether (and when) it left that level for good."""
 
     best_step: jax.Array  # () int32: first step of the smallest finite loss (0 if none is finite)
     best_loss: jax.Array  # () float: smallest finite loss (NaN if none is finite)
-    onset_step: jax.Array  # () int32: first step from which the loss stays above the divergence level; -1 if none
+    onset_step: jax.Array  # () int32: start of the sustained rise above the divergence level; -1 if none
     final_best_ratio: jax.Array  # () float: loss[-1] / best_loss (NaN/inf propagate)
     verdict: jax.Array  # () int32: index into VERDICTS
 
@@ -84,37 +92,61 @@ def verdict_name(code) -> str | np.ndarray:
 
 
 def divergence(
-    loss, *, rel_tol: float = 0.05, tail: float = 0.1, floor: float = 0.0, plateau_tol: float | None = None
+    loss,
+    *,
+    rel_tol=DIVERGENCE_REL_TOL,
+    window: int | None = None,
+    noise=DIVERGENCE_NOISE,
+    floor=0.0,
+    rel_floor=REL_FLOOR,
+    tail: float = 0.1,
+    plateau_tol=None,
 ) -> Divergence:
     """Best point, divergence onset and a verdict for one loss trace.
 
     .. math::
 
         b = \\arg\\min_t L_t \\ (\\text{finite } L_t), \\quad
-        \\ell = \\max(L_b + \\mathrm{rel\\_tol}\\,|L_b|,\\ \\mathrm{floor}), \\quad
-        \\mathrm{onset} = \\min\\{t > b : L_s > \\ell \\ \\forall s \\ge t\\}
+        \\phi = \\max(\\mathrm{floor},\\ \\mathrm{rel\\_floor}\\,|L_0|), \\quad
+        \\ell = \\max(L_b + \\mathrm{rel\\_tol}\\,|L_b|,\\ \\phi)
 
-    The onset is the first step after the best from which the loss stays above the divergence level ``ℓ`` until the
-    end of the trace (non-finite losses count as above), i.e. the start of the final excursion; short spikes that
-    come back below ``ℓ`` are not an onset. For positive losses ``ℓ = best·(1 + rel_tol)``.
-    The best point of a noisy (mini-batch or zig-zagging) trace is a lucky low, so choose ``rel_tol`` above the
-    noise level (or pass a smoothed trace) to read ``diverged`` as "left the best level for good".
+    A run *diverges* when, after its best step, its loss stays above the level ``ℓ`` for good: every window of
+    ``window`` consecutive steps from some step ``c`` to the end of the trace has at least ``1 - noise`` of its
+    steps above ``ℓ`` (non-finite losses count as above), and that stretch is at least one window long. Dips below
+    ``ℓ`` inside a rising run are tolerated (``noise``), and a zig-zag whose lows keep coming back near the best is
+    not a divergence however high its spikes go. ``c`` is the first step above ``ℓ`` of that stretch.
+
+    The onset is where the rise that crossed ``ℓ`` at ``c`` started, not the crossing itself: with ``h`` the lower
+    quartile (``HOVER_QUANTILE``) of the loss over steps ``[b, c)`` (the level the run hovered at after its best),
+    ``onset = 1 + max{s ∈ [b, c) : L_s ≤ h}``. For a run that hovers and then blows up, that is within a few steps
+    of the start of the blow-up; for a V-shaped trace it lies a quarter of the way from the best to the crossing.
+    ``-1`` if the run did not diverge.
+
+    Losses at or below the floor ``φ`` never count as a divergence: ``rel_floor`` (default ``REL_FLOOR = 1e-10``)
+    times the first finite loss is the float-noise level of a run that is done, so a run at 1e-14 of its start
+    is converged without passing ``floor=``. Pass ``rel_floor=0`` for the bare ``floor``.
 
     Verdict rules, first match wins:
 
     - ``nan``: some loss is NaN or inf.
     - ``diverged``: an onset exists.
-    - ``plateaued``: over the last ``tail`` share of the trace (``k = max(1, ceil(tail·T))`` steps, from row
-      ``T-1-k``) the loss fell by less than ``plateau_tol`` relative to its value there, and the final loss is above
-      ``floor``. Pass the known minimum loss (plus a tolerance) as ``floor`` to tell "stuck" from "done".
-    - ``converged``: otherwise (still improving at the end, or at/below ``floor``).
+    - ``plateaued``: the lowest loss of the last ``k = max(1, ceil(tail·T))`` steps is less than ``plateau_tol``
+      (relative) below the lowest loss of the ``k`` steps before them (rows ``T-1-2k … T-1-k``), and above ``φ``.
+      For a monotone trace that compares the final loss with ``loss[T-1-k]``; a zig-zag is judged on its lows.
+      Pass the known minimum loss (plus a tolerance) as ``floor`` to tell "stuck" from "done".
+    - ``converged``: otherwise (still improving at the end, or at/below ``φ``).
 
     Args:
       loss: (T,) loss trace.
-      rel_tol: relative tolerance of the divergence level.
+      rel_tol: the divergence level is ``rel_tol`` above the best loss (default ``DIVERGENCE_REL_TOL = 0.5``:
+        1.5× the best for positive losses).
+      window: steps per window of the sustained-rise test (Python int >= 1); None means
+        ``max(1, ceil(DIVERGENCE_WINDOW_SHARE · T))`` (5 % of the trace), capped at ``T``.
+      noise: share of a window that may dip to or below the level (default ``DIVERGENCE_NOISE = 0.2``).
+      floor: losses at or below it count as converged and never as divergence (may be traced).
+      rel_floor: the floor is at least ``rel_floor · |first finite loss|``.
       tail: share of the trace used for the plateau test (Python float in (0, 1]).
-      floor: losses at or below it count as converged and never as divergence.
-      plateau_tol: relative drop over the tail below which the run plateaued; None means ``rel_tol``.
+      plateau_tol: relative drop over the tail below which the run plateaued; None means ``PLATEAU_TOL = 0.05``.
 
     Returns:
       :class:`Divergence`.
@@ -122,7 +154,7 @@ def divergence(
     Example::
 
         d = divergence(jnp.array([3.0, 2.0, 1.0, 1.5, 2.0]))
-        # best_step 2, onset_step 3, verdict_name(d.verdict) == "diverged"
+        # best_step 2; level 1.5 is first exceeded at step 4; onset_step 3; verdict_name(d.verdict) == "diverged"
     """
     loss = _float_array(loss, "loss", 1)
     if not 0.0 < tail <= 1.0:
@@ -130,22 +162,47 @@ def divergence(
     n = loss.shape[0]
     if n == 0:
         raise ValueError("loss must have at least one step")
+    if window is None:
+        window = max(1, math.ceil(DIVERGENCE_WINDOW_SHARE * n))
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise ValueError(f"window must be a Python int >= 1 or None, got {window!r}")
+    window = min(window, n)
+    if isinstance(noise, (int, float)) and not 0.0 <= noise < 1.0:
+        raise ValueError(f"noise must be in [0, 1), got {noise!r}")
     finite = jnp.isfinite(loss)
     ranked = jnp.where(finite, loss, jnp.inf)
     best_step = jnp.argmin(ranked).astype(jnp.int32)
     best_loss = jnp.where(finite.any(), ranked[best_step], jnp.nan)
+    first_finite = jnp.where(finite.any(), jnp.abs(ranked[jnp.argmax(finite)]), 0.0)
+    floor = jnp.maximum(floor, rel_floor * first_finite)
     level = jnp.maximum(best_loss + rel_tol * jnp.abs(best_loss), floor)
     steps = jnp.arange(n)
     above = ranked > level  # NaN level (nothing finite) compares false: no onset
-    onset_step = _first_true(_stays_true(above) & (steps > best_step))
+
+    # Share of steps above the level in the full window starting at each step; windows that would run past the end
+    # are covered by the last full one, so a single dip in the final steps does not cancel a divergence.
+    counts = jnp.concatenate([jnp.zeros(1, jnp.int32), jnp.cumsum(above.astype(jnp.int32))])
+    starts = jnp.minimum(steps, n - window)
+    share = (counts[starts + window] - counts[starts]) / window
+    sustained = _stays_true(share >= 1.0 - noise)
+    crossing = _first_true(sustained & above & (steps > best_step) & (steps <= n - window))
+
+    # The rise began after the last step, between the best and the crossing, at or below the hover level.
+    before = (steps >= best_step) & (steps < crossing)
+    hover = jnp.nanquantile(jnp.where(before, ranked, jnp.nan), HOVER_QUANTILE)
+    last_low = jnp.max(jnp.where(before & (ranked <= hover), steps, best_step))
+    onset_step = jnp.where(crossing >= 0, last_low + 1, -1).astype(jnp.int32)
     final = loss[-1]
     final_best_ratio = final / best_loss
 
+    # Lower envelopes (minima) of the tail and of the stretch before it: for a monotone trace they are the final
+    # loss and loss[T-1-k]; a zig-zag is judged on its lows instead of on two arbitrary points.
     k = max(1, math.ceil(tail * n))
-    ref = loss[max(n - 1 - k, 0)]
-    drop = ref - final
+    ref = ranked[max(n - 1 - 2 * k, 0): max(n - k, 1)].min()
+    low = ranked[max(n - k, 0):].min()
+    drop = ref - low
     rel_drop = jnp.where(jnp.abs(ref) > 0, drop / jnp.abs(ref), jnp.where(drop > 0, jnp.inf, 0.0))
-    plateau = (rel_drop < (rel_tol if plateau_tol is None else plateau_tol)) & (final > floor)
+    plateau = (rel_drop < (PLATEAU_TOL if plateau_tol is None else plateau_tol)) & (low > floor)
     verdict = jnp.where(
         ~finite.all(), NAN, jnp.where(onset_step >= 0, DIVERGED, jnp.where(plateau, PLATEAUED, CONVERGED))
     ).astype(jnp.int32)

@@ -9,27 +9,29 @@ import pytest
 
 from optlab import plot
 from optlab.studies import base
+from optlab.studies import config as cfg
 
 
 @dataclasses.dataclass(frozen=True)
-class TinyConfig:
-    steps: int = 10
-    rate: float = 0.5
-    label: str = "a"
-    flag: bool = False
-    seeds: int = 2
-    learning_rates: tuple = (0.1, 0.2)
+class TinyConfig(cfg.Settings):
+    steps: int = cfg.setting(10, doc="trace length", range=(1, None))
+    rate: float = cfg.setting(0.5, doc="geometric rate", range=(0, None), bounds="(]")
+    label: str = cfg.setting("a", doc="a free string")
+    flag: bool = cfg.setting(False, doc="a switch")
+    seeds: int = cfg.setting(2, doc="seeds per learning rate", range=(1, None))
+    learning_rates: tuple[float, ...] = cfg.setting((0.1, 0.2), doc="grid axis", range=(0, None), bounds="(]")
+    cap: float | None = cfg.setting(None, doc="optional upper bound of rate", allow_nonfinite=True)
 
     @classmethod
     def quick(cls):
         return cls(steps=3)
 
-    def validate(self):
-        if self.rate <= 0:
-            raise ValueError(f"rate must be > 0, got {self.rate}")
+    def check(self):
+        if self.cap is not None and self.rate > self.cap:
+            raise ValueError(f"rate={self.rate} must be <= cap={self.cap}")
 
 
-def _tiny_run(config: TinyConfig, *, progress: bool = True) -> base.StudyResult:
+def _tiny_run(config: TinyConfig, *, progress: bool = True, run_dir=None) -> base.StudyResult:
     losses = np.asarray([config.rate ** k for k in range(config.steps)])
     fig, ax = plot.new_figure()
     plot.loss_band(ax, np.stack([losses, losses * 1.1]), label="tiny")

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from optlab import diagnostics as dg
 
 # Jitted once per shape: eager dispatch compiles every small op separately, which is slow on a loaded CPU.
-divergence = jax.jit(dg.divergence, static_argnames=("rel_tol", "tail", "floor"))
+divergence = jax.jit(dg.divergence, static_argnames=("rel_tol", "tail", "floor", "window", "noise", "rel_floor"))
 zigzag_score = jax.jit(dg.zigzag_score)
 convergence_rate = jax.jit(dg.convergence_rate, static_argnames=("start", "stop"))
 diminishing_returns = jax.jit(dg.diminishing_returns)
@@ -24,15 +24,22 @@ def halving_trace(n=30, x0=10.0, a=3.0):
     return x, (x - a) ** 2
 
 
-def onset_reference(loss, rel_tol):
-    """Plain-Python reading of the documented onset rule."""
-    finite = np.isfinite(loss)
-    ranked = np.where(finite, loss, np.inf)
+def onset_reference(loss, rel_tol, window, noise=dg.DIVERGENCE_NOISE):
+    """Plain-Python reading of the documented onset rule (floor 0, rel_floor 0)."""
+    n = len(loss)
+    ranked = [float(v) if np.isfinite(v) else np.inf for v in loss]
     best = int(np.argmin(ranked))
     level = ranked[best] + rel_tol * abs(ranked[best])
-    for t in range(best + 1, len(loss)):
-        if all(ranked[s] > level for s in range(t, len(loss))):
-            return best, t
+    above = [v > level for v in ranked]
+
+    def held(s):  # the full window starting at s (or the last full one) is mostly above the level
+        s = min(s, n - window)
+        return sum(above[s:s + window]) >= (1 - noise) * window
+
+    for c in range(best + 1, n - window + 1):
+        if above[c] and all(held(s) for s in range(c, n)):
+            hover = np.quantile(ranked[best:c], dg.HOVER_QUANTILE)
+            return best, 1 + max(s for s in range(best, c) if ranked[s] <= hover)
     return best, -1
 
 
@@ -71,13 +78,53 @@ def test_zigzag_ignores_steps_touching_nan():
 
 def test_v_shaped_trace_has_onset_and_diverges():
     loss = jnp.concatenate([jnp.linspace(1.0, 0.2, 41), jnp.linspace(0.21, 0.6, 40)])
-    d = dg.divergence(loss, rel_tol=0.05)  # eager
+    d = dg.divergence(loss)  # eager
     assert int(d.best_step) == 40
     np.testing.assert_allclose(d.best_loss, 0.2, rtol=1e-6)
-    first_above = 41 + int(np.argmax(np.asarray(loss[41:]) > 0.2 * 1.05))
-    assert int(d.onset_step) == first_above
+    crossing = 41 + int(np.argmax(np.asarray(loss[41:]) > 0.2 * (1 + dg.DIVERGENCE_REL_TOL)))
+    assert 40 < int(d.onset_step) < crossing  # the rise starts between the best and the level crossing
     np.testing.assert_allclose(d.final_best_ratio, 3.0, rtol=1e-5)
     assert dg.verdict_name(d.verdict) == "diverged"
+
+
+def test_zigzag_that_ends_low_is_not_diverged():
+    # Newton-root experiment 5, global step: descends, then oscillates between the best level and spikes 3-100x
+    # above it; its lows keep coming back, so it never left its best level for good.
+    rng = np.random.default_rng(0)
+    descent = np.geomspace(1.0, 1e-4, 100)
+    lows = 1e-4 * (1 + 0.3 * rng.random(400))
+    spikes = np.where(rng.random(400) < 0.5, rng.uniform(3, 100, 400), 1.0)
+    loss = np.concatenate([descent, lows * spikes]).astype(np.float32)
+    d = divergence(loss)
+    assert int(d.onset_step) == -1
+    assert dg.verdict_name(d.verdict) == "plateaued"
+
+
+def test_slow_blow_up_gets_its_onset_at_the_start_of_the_rise():
+    # An Adam-like trace: converges, hovers noisily near its best for 1000 steps, then grows 1 % per step from 1200.
+    rng = np.random.default_rng(1)
+    hover = 0.1 * (1 + 0.2 * rng.random(1100))
+    loss = np.concatenate([np.geomspace(1.0, 0.1, 100), hover, 0.1 * 1.01 ** np.arange(1, 301)]).astype(np.float32)
+    d = divergence(loss)
+    assert dg.verdict_name(d.verdict) == "diverged"
+    assert 1197 <= int(d.onset_step) <= 1206, int(d.onset_step)  # noise ±10 % hides ~5 steps of 1 % growth
+    noisy = loss * np.float32(1 + 0.05 * rng.standard_normal(loss.size))  # a few dips below the level in the rise
+    assert abs(int(divergence(noisy).onset_step) - 1200) <= 10
+
+
+def test_run_at_float_noise_is_converged_without_a_floor():
+    # Reaches 1e-14 of its start, then rattles at float noise 1e-14 ... 1e-13: done, not diverged nor stuck.
+    rng = np.random.default_rng(2)
+    loss = np.concatenate([np.geomspace(1.0, 1e-14, 60), 1e-14 * (1 + 9 * rng.random(40))]).astype(np.float32)
+    d = divergence(loss)
+    assert int(d.onset_step) == -1 and dg.verdict_name(d.verdict) == "converged"
+    assert dg.verdict_name(divergence(loss, rel_floor=0.0).verdict) == "diverged"  # the bare rule reads noise
+
+
+def test_single_dip_at_the_end_does_not_cancel_a_divergence():
+    loss = jnp.concatenate([jnp.linspace(1.0, 0.1, 40), jnp.full(59, 1.0), jnp.array([0.1])])
+    d = divergence(loss, window=10)
+    assert dg.verdict_name(d.verdict) == "diverged" and int(d.onset_step) == 40
 
 
 def test_spike_that_comes_back_is_not_an_onset():
@@ -113,11 +160,12 @@ def test_plateau_versus_converged_and_floor():
 @given(
     st.lists(st.floats(0.0, 10.0, width=32, allow_subnormal=False), min_size=16, max_size=16),  # XLA flushes subnormals
     st.sampled_from([0.0, 0.05, 0.5]),
+    st.sampled_from([1, 3]),
 )
-def test_divergence_matches_reference(values, rel_tol):
+def test_divergence_matches_reference(values, rel_tol, window):
     loss = np.asarray(values, np.float32)
-    d = divergence(loss, rel_tol=rel_tol)
-    best, onset = onset_reference(loss, np.float32(rel_tol))
+    d = divergence(loss, rel_tol=rel_tol, window=window, rel_floor=0.0)
+    best, onset = onset_reference(loss, np.float32(rel_tol), window)
     assert (int(d.best_step), int(d.onset_step)) == (best, onset)
     zz = zigzag_score(loss)
     diffs = np.diff(loss)
@@ -189,3 +237,7 @@ def test_verdict_names():
         dg.verdict_name(4)
     with pytest.raises(ValueError, match="loss must be a 1-D"):
         divergence(jnp.ones((2, 3)))
+    with pytest.raises(ValueError, match="window must be"):
+        dg.divergence(jnp.ones(3), window=0)
+    with pytest.raises(ValueError, match="noise must be"):
+        dg.divergence(jnp.ones(3), noise=1.0)

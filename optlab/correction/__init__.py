@@ -1,6 +1,7 @@
 """Correction of pruned linear layers: the greedy fixed-magnitude rule, pruning masks, and reconstructions.
 
-- :mod:`optlab.correction.greedy`: :func:`greedy_correction`, :func:`correct_from_gram` (one ``lax.scan``).
+- :mod:`optlab.correction.greedy`: :func:`greedy_correction`, :func:`correct_from_gram` (one ``lax.scan``),
+  :func:`format_trace` (the note's debug lines, printed by the caller).
 - :mod:`optlab.correction.pruning`: magnitude and Wanda-style masks with exact counts.
 - :mod:`optlab.correction.reconstruct`: exact masked least squares (the ceiling), SparseGPT-style and ADMM updates.
 """
@@ -10,6 +11,7 @@ from optlab.correction.greedy import (
     CorrectionTrace,
     GramStats,
     correct_from_gram,
+    format_trace,
     gram_stats,
     greedy_correction,
 )
@@ -22,6 +24,7 @@ __all__ = [
     "GramStats",
     "admm_update",
     "correct_from_gram",
+    "format_trace",
     "gram_stats",
     "greedy_correction",
     "lowest_mask",

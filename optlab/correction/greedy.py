@@ -51,6 +51,7 @@ class CorrectionResult(NamedTuple):
     diminishing_ratio: jax.Array  # () second-half / first-half mean of applied improvements (NaN if < 2 applied)
     initial_error: jax.Array  # () ||R||²_F / (n·d_out) before any change
     final_error: jax.Array  # () ||R||²_F / (n·d_out) after the last step
+    max_positions: jax.Array  # () int32 K = round(fraction · d_in), the most positions allowed to change
 
 
 class GramStats(NamedTuple):
@@ -104,9 +105,87 @@ def _check_options(magnitude, fraction, mode, max_relative, max_steps, d_in) -> 
     concrete = _concrete(fraction)
     if concrete is not None and (concrete.ndim or not 0 < concrete <= 1):
         raise ValueError(f"fraction must be a scalar in (0, 1], got {fraction!r}")
+    if concrete is not None and int(np.round(float(concrete) * d_in)) == 0:
+        # Zero positions would return the pruned weights unchanged with no sign that nothing was tried.
+        raise ValueError(f"fraction · d_in rounds to 0 positions (fraction={float(concrete):g}, d_in={d_in}); "
+                         f"use fraction > 0.5 / d_in = {0.5 / d_in:.3g}")
     if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int)
                                   or not 0 <= max_steps <= d_in):
         raise ValueError(f"max_steps must be an int in [0, d_in={d_in}], got {max_steps!r}")
+
+
+def _check_verbose(verbose) -> None:
+    if verbose:
+        raise TypeError("verbose printing moved out of the jitted maths: call without verbose and print "
+                        "'\\n'.join(optlab.correction.format_trace(result)) on the host")
+
+
+# Relative slack for the Gram consistency check: float32 sums of n products differ from exact ones by ~1e-6·n.
+_GRAM_RTOL = 1e-3
+
+
+def _check_gram_consistency(gram, cross, r_sq) -> None:
+    """Raise when concrete statistics cannot come from one set of rows: ``H = xᵀx``, ``G = xᵀR``, ``r = ||R||²``.
+
+    Necessary conditions, O(d_in·d_out): ``r >= 0``, ``diag H >= 0`` and, by Cauchy-Schwarz per input row ``j``,
+    ``||G[j]||² <= H[j, j] · r`` (the best one-row gain cannot exceed the whole error).
+    """
+    gram, cross, r_sq = _concrete(gram), _concrete(cross), _concrete(r_sq)
+    if r_sq is not None and (r_sq.ndim or r_sq < 0):
+        raise ValueError(f"r_sq must be a scalar >= 0 (it is ||x (w_pruned - w_dense)||²_F), got {r_sq!r}")
+    if gram is None:
+        return
+    h = np.diagonal(gram).astype(np.float64)
+    if np.any(h < 0):
+        raise ValueError(f"gram must be xᵀx (diagonal >= 0); {int(np.sum(h < 0))} diagonal entries are negative, "
+                         f"e.g. gram[{int(np.argmin(h))}, {int(np.argmin(h))}] = {float(h.min()):.3g}")
+    if cross is None or r_sq is None:
+        return
+    row_sq = np.sum(np.square(cross.astype(np.float64)), axis=1)
+    bound = h * float(r_sq)
+    bad = row_sq > bound * (1 + _GRAM_RTOL) + np.finfo(np.float32).tiny
+    if np.any(bad):
+        j = int(np.argmax(np.where(bad, row_sq - bound, -np.inf)))
+        raise ValueError(f"cross is inconsistent with gram and r_sq: ||cross[{j}]||² = {row_sq[j]:.6g} exceeds "
+                         f"gram[{j}, {j}] · r_sq = {bound[j]:.6g} (Cauchy-Schwarz); pass statistics of the same "
+                         f"rows, e.g. from gram_stats(x, w_dense, w_pruned)")
+
+
+def format_trace(result: CorrectionResult) -> list[str]:
+    """The note's debug lines for one correction: each applied position, then the summary and a warning.
+
+    Pure and host-side: call it on a finished (not traced, not vmapped) result and print the lines yourself.
+
+    Args:
+      result: a :class:`CorrectionResult` of one correction (trace fields 1-D).
+
+    Returns:
+      ``"Position t/K: j=…, channels=…, improvement=…, linear=…, quad=…, error=…"`` for each applied step, then
+      ``"Applied n/K positions"``, ``"Diminishing returns: 2nd half avg / 1st half avg = r"`` and, when
+      ``r < 0.5``, a warning line.
+
+    Example::
+
+        res = greedy_correction(x, w, w_pruned, magnitude=0.01, fraction=0.1)
+        print("\\n".join(format_trace(res)))
+    """
+    if not isinstance(result, CorrectionResult):
+        raise TypeError(f"result must be a CorrectionResult, got {type(result).__name__}")
+    trace = jax.tree.map(np.asarray, result.trace)
+    if trace.position.ndim != 1:
+        raise ValueError(f"result must be one correction (1-D trace), got trace shape {trace.position.shape}; "
+                         f"index a vmapped result first, e.g. jax.tree.map(lambda a: a[0], result)")
+    limit = int(result.max_positions)
+    lines = [f"Position {t + 1}/{limit}: j={int(trace.position[t])}, channels={int(trace.channels[t])}, "
+             f"improvement={float(trace.improvement[t]):.3e}, linear={float(trace.linear[t]):.3e}, "
+             f"quad={float(trace.quad[t]):.3e}, error={float(trace.error[t]):.3e}"
+             for t in np.flatnonzero(trace.applied)]
+    ratio = float(result.diminishing_ratio)
+    lines.append(f"Applied {int(result.n_applied)}/{limit} positions")
+    lines.append(f"Diminishing returns: 2nd half avg / 1st half avg = {ratio:.3f}")
+    if ratio < 0.5:
+        lines.append("WARNING: improvements dropped by >50% - consider reducing correction magnitude!")
+    return lines
 
 
 def _scan_length(fraction, max_steps, d_in) -> int:
@@ -117,23 +196,9 @@ def _scan_length(fraction, max_steps, d_in) -> int:
     return d_in if concrete is None else int(np.round(float(concrete) * d_in))
 
 
-def _print_step(t, steps, position, channels, improvement, linear, quad, error, applied):
-    if applied:
-        print(f"Position {int(t) + 1}/{int(steps)}: j={int(position)}, channels={int(channels)}, "
-              f"improvement={float(improvement):.3e}, linear={float(linear):.3e}, quad={float(quad):.3e}, "
-              f"error={float(error):.3e}")
-
-
-def _print_summary(ratio, n_applied, steps):
-    print(f"Applied {int(n_applied)}/{int(steps)} positions")
-    print(f"Diminishing returns: 2nd half avg / 1st half avg = {float(ratio):.3f}")
-    if ratio < 0.5:
-        print("WARNING: improvements dropped by >50% - consider reducing correction magnitude!")
-
-
-@functools.partial(jax.jit, static_argnames=("mode", "relative", "bounded", "steps", "verbose"))
+@functools.partial(jax.jit, static_argnames=("mode", "relative", "bounded", "steps"))
 def _correct(gram, cross, w_pruned, kept, r_sq, n, magnitude, fraction, max_relative, *, mode, relative, bounded,
-             steps, verbose) -> CorrectionResult:
+             steps) -> CorrectionResult:
     d_in, d_out = w_pruned.shape
     dtype = cross.dtype
     gram = 0.5 * (gram + gram.T)  # rows of a symmetric H are its columns: contiguous reads of H[:, j]
@@ -205,9 +270,6 @@ def _correct(gram, cross, w_pruned, kept, r_sq, n, magnitude, fraction, max_rela
             position=jnp.where(go, j, -1).astype(jnp.int32), channels=change.sum().astype(jnp.int32),
             improvement=-(linear_sum + quad_sum) / norm, linear=linear_sum / norm, quad=quad_sum / norm,
             error=r_sq_now / norm, applied=go)
-        if verbose:
-            jax.debug.callback(_print_step, t, limit, j, record.channels, record.improvement, record.linear,
-                               record.quad, record.error, go, ordered=True)
         carry = (g, used.at[j].set(used[j] | go), r_sq_now, stopped, j.astype(jnp.int32), delta)
         return carry, (record, j, delta)
 
@@ -217,9 +279,7 @@ def _correct(gram, cross, w_pruned, kept, r_sq, n, magnitude, fraction, max_rela
     weights = w_pruned.at[rows].add(deltas)  # no-op steps add zero rows
     n_applied = trace.applied.sum().astype(jnp.int32)
     ratio = diminishing_returns(trace.improvement, trace.applied)
-    if verbose:
-        jax.debug.callback(_print_summary, ratio, n_applied, limit, ordered=True)
-    return CorrectionResult(weights, trace, n_applied, stopped, ratio, r_sq / norm, r_sq_end / norm)
+    return CorrectionResult(weights, trace, n_applied, stopped, ratio, r_sq / norm, r_sq_end / norm, limit)
 
 
 def correct_from_gram(gram, cross, w_pruned, *, n, r_sq, magnitude=0.01, fraction=0.10, mode="fixed",
@@ -236,6 +296,10 @@ def correct_from_gram(gram, cross, w_pruned, *, n, r_sq, magnitude=0.01, fractio
         from it through ``ΔE``. :func:`gram_stats` returns all four, additive over batches of rows.
       magnitude, fraction, mode, max_relative, relative, mask, max_steps, verbose: as in
         :func:`greedy_correction`.
+
+    Raises:
+      ValueError: bad shapes or options, ``round(fraction · d_in) == 0``, ``r_sq < 0``, a negative ``gram``
+        diagonal, or a ``cross`` that no rows with this ``gram`` and ``r_sq`` can give (checked when concrete).
 
     Returns:
       :class:`CorrectionResult`.
@@ -258,11 +322,13 @@ def correct_from_gram(gram, cross, w_pruned, *, n, r_sq, magnitude=0.01, fractio
     kept = w_pruned != 0 if mask is None else jnp.asarray(mask, bool)
     if kept.shape != (d_in, d_out):
         raise ValueError(f"mask must have shape {(d_in, d_out)} like w_pruned, got {kept.shape}")
+    _check_verbose(verbose)
     _check_options(magnitude, fraction, mode, max_relative, max_steps, d_in)
     concrete_n = _concrete(n)
     if concrete_n is not None and (concrete_n.ndim or not concrete_n > 0):
         raise ValueError(f"n must be a positive scalar (number of calibration rows), got {n!r}")
     _check_finite(gram=gram, cross=cross, w_pruned=w_pruned, r_sq=r_sq)
+    _check_gram_consistency(gram, cross, r_sq)
     dtype = jnp.result_type(gram, cross, w_pruned)
     if not jnp.issubdtype(dtype, jnp.floating):
         dtype = jnp.result_type(float)
@@ -271,7 +337,7 @@ def correct_from_gram(gram, cross, w_pruned, *, n, r_sq, magnitude=0.01, fractio
     return _correct(gram.astype(dtype), cross.astype(dtype), w_pruned.astype(dtype), kept,
                     jnp.asarray(r_sq, dtype), jnp.asarray(n, dtype), jnp.asarray(magnitude, dtype),
                     jnp.asarray(fraction, dtype), jnp.asarray(max_relative if bounded else 1.0, dtype),
-                    mode=mode, relative=bool(relative), bounded=bounded, steps=steps, verbose=bool(verbose))
+                    mode=mode, relative=bool(relative), bounded=bounded, steps=steps)
 
 
 def greedy_correction(x, w_dense, w_pruned, *, magnitude=0.01, fraction=0.10, mode="fixed", max_relative=None,
@@ -305,11 +371,11 @@ def greedy_correction(x, w_dense, w_pruned, *, magnitude=0.01, fraction=0.10, mo
       relative: fixed mode: scale the step by ``|w_pruned|`` (True) or not.
       mask: optional bool (d_in, d_out) of kept weights; default ``w_pruned != 0``.
       max_steps: static scan length (needed only when ``fraction`` is traced, e.g. under vmap).
-      verbose: print each applied step, the diminishing-returns ratio and a warning when it is < 0.5.
+      verbose: must stay False: the maths never prints; :func:`format_trace` gives the note's lines to print.
 
     Returns:
       :class:`CorrectionResult` (weights, trace, n_applied, stopped_early, diminishing_ratio, initial_error,
-      final_error).
+      final_error, max_positions); :func:`format_trace` turns one into the note's debug lines.
 
     Example::
 
@@ -327,6 +393,7 @@ def greedy_correction(x, w_dense, w_pruned, *, magnitude=0.01, fraction=0.10, mo
         raise ValueError(f"w_pruned must have the shape of w_dense {w_dense.shape}, got {w_pruned.shape}")
     if x.shape[0] < 1:
         raise ValueError(f"x needs at least one calibration row, got shape {x.shape}")
+    _check_verbose(verbose)
     _check_options(magnitude, fraction, mode, max_relative, max_steps, x.shape[1])
     _check_finite(x=x, w_dense=w_dense, w_pruned=w_pruned)
     dtype = jnp.result_type(x, w_dense, w_pruned)

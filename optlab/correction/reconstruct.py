@@ -13,11 +13,13 @@ All three minimise (exactly or approximately) the layer-output error with the ma
 
 Orientation: weights are (d_in, d_out) like the rest of optlab, so SparseGPT's input "columns" are rows here.
 
-Each function alone runs its LAPACK factorisations one after another. jax 0.10's CPU LAPACK kernels block a thread
-of the intra-op pool while their batch runs on the same pool, so *independent* batched factorisations in one jitted
-program (e.g. all three methods under one ``vmap``) can deadlock a machine with few cores (fixed in jax 0.11.2).
-:func:`reconstructions` runs the three in sequence through real data dependencies; use it (or separate jitted
-calls) to get several of them at once.
+Every LAPACK call here (Cholesky factorisation and the triangular solves) goes through a wrapper that stays
+unbatched under ``jax.vmap``: a batch of factorisations runs as a loop of single ones. jax 0.10's CPU LAPACK
+kernels block a thread of the intra-op pool while their *batch* runs on the same pool, so several independent
+batched factorisations in one program (e.g. all three methods under one ``vmap``, as in a grid cell) can leave
+every thread asleep on a machine with few cores; single factorisations run on the calling thread and cannot. So
+any mix of these functions, vmapped or not, is safe to put in one jitted program on every supported JAX.
+:func:`reconstructions` returns all three at once.
 """
 
 from __future__ import annotations
@@ -25,7 +27,21 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from jax import lax
-from jax.scipy.linalg import cho_factor, cho_solve
+
+
+# Why a loop and not a data dependency: a dependency orders the calls inside one function, but the hang comes
+# from *independent* calls the user (or a grid) puts side by side, which no single function can order.
+@jax.custom_batching.sequential_vmap
+def _cholesky(a):
+    """Lower Cholesky factor of one SPD matrix (NaN where it is not SPD); a loop of single calls under vmap."""
+    return lax.linalg.cholesky(a, symmetrize_input=False)  # as jax.scipy's cho_factor: callers pass symmetric H
+
+
+@jax.custom_batching.sequential_vmap
+def _cho_solve(lower, rhs):
+    """``(L Lᵀ)⁻¹ rhs`` for one lower factor ``L``; a loop of single calls under vmap."""
+    half = lax.linalg.triangular_solve(lower, rhs, left_side=True, lower=True)
+    return lax.linalg.triangular_solve(lower, half, left_side=True, lower=True, transpose_a=True)
 
 
 def _check(gram, w_dense, mask):
@@ -78,7 +94,7 @@ def masked_least_squares(gram, w_dense, mask, *, damping: float = 0.0, batch_siz
         keep, rhs = args
         k = keep.astype(gram.dtype)
         system = gram * k[:, None] * k[None, :] + jnp.diag(1.0 - k)
-        return cho_solve(cho_factor(system, lower=True), rhs * k) * k
+        return _cho_solve(_cholesky(system), rhs * k) * k
 
     columns = lax.map(column, (mask.T, target.T), batch_size=min(batch_size, w_dense.shape[1]))
     return columns.T
@@ -113,8 +129,8 @@ def sparsegpt_update(gram, w_dense, mask, *, damping: float = 0.01) -> jax.Array
     gram, w_dense, mask = _check(gram, w_dense, mask)
     dead = jnp.diagonal(gram) <= 0
     damped = _damped(gram, damping)
-    inverse = cho_solve(cho_factor(damped, lower=True), jnp.eye(gram.shape[0], dtype=gram.dtype))
-    upper = jnp.linalg.cholesky(0.5 * (inverse + inverse.T)).T  # H⁻¹ = UᵀU, U upper triangular
+    inverse = _cho_solve(_cholesky(damped), jnp.eye(gram.shape[0], dtype=gram.dtype))
+    upper = _cholesky(0.5 * (inverse + inverse.T)).T  # H⁻¹ = UᵀU, U upper triangular
     weights = jnp.where(dead[:, None], 0.0, w_dense)  # dead inputs never reach the output
 
     def visit(j, w):
@@ -161,13 +177,13 @@ def admm_update(gram, w_dense, mask, *, rho: float = 1.0, iterations: int = 20) 
     scale = jnp.sqrt(jnp.where(diag > 0, diag, 1.0))
     normed = gram / scale[:, None] / scale[None, :]
     w0 = w_dense * scale[:, None]
-    factor = cho_factor(normed + rho * jnp.eye(gram.shape[0], dtype=gram.dtype), lower=True)
+    factor = _cholesky(normed + rho * jnp.eye(gram.shape[0], dtype=gram.dtype))
     target = normed @ w0
     keep = mask.astype(gram.dtype)
 
     def iterate(_, state):
         z, u = state
-        w = cho_solve(factor, target + rho * (z - u))
+        w = _cho_solve(factor, target + rho * (z - u))
         z_new = keep * (w + u)
         return z_new, u + w - z_new
 
@@ -175,17 +191,12 @@ def admm_update(gram, w_dense, mask, *, rho: float = 1.0, iterations: int = 20) 
     return z / scale[:, None]
 
 
-def _after(x, dependency):
-    """``x``, made to depend on ``dependency``'s values so XLA cannot run the two concurrently (see module doc)."""
-    return x + 0.0 * jnp.sum(dependency)
-
-
 def reconstructions(gram, w_dense, mask, *, damping: float = 0.01, rho: float = 1.0,
                     iterations: int = 20) -> dict[str, jax.Array]:
-    """All three reconstructions, one after another: ``{"least_squares", "sparsegpt", "admm"}``.
+    """All three reconstructions of one layer: ``{"least_squares", "sparsegpt", "admm"}``.
 
-    Jittable and vmappable; the methods are chained through data dependencies so their LAPACK calls never run
-    concurrently (see the module docstring).
+    Jittable and vmappable; safe in one program on jax 0.10 because every factorisation stays unbatched
+    (see the module docstring), so no ordering between the methods is needed.
 
     Example::
 
@@ -193,6 +204,6 @@ def reconstructions(gram, w_dense, mask, *, damping: float = 0.01, rho: float = 
         errors = {k: layer_error(x, v, w) for k, v in ws.items()}
     """
     least_squares = masked_least_squares(gram, w_dense, mask)
-    sparsegpt = sparsegpt_update(_after(gram, least_squares), w_dense, mask, damping=damping)
-    admm = admm_update(_after(gram, sparsegpt), w_dense, mask, rho=rho, iterations=iterations)
+    sparsegpt = sparsegpt_update(gram, w_dense, mask, damping=damping)
+    admm = admm_update(gram, w_dense, mask, rho=rho, iterations=iterations)
     return {"least_squares": least_squares, "sparsegpt": sparsegpt, "admm": admm}

@@ -10,7 +10,7 @@ from optlab.engine.checkpoint import (
     save_checkpoint,
 )
 from optlab.engine.grid import GridResult, run_grid
-from optlab.engine.loop import EarlyStop, FitResult, fit
+from optlab.engine.loop import EarlyStop, FitResult, cell_dir, fit, load_state, start_state
 from optlab.engine.schedules import constant, cosine, make_schedule, step_decay, warmup_cosine, wsd
 
 __all__ = [
@@ -21,14 +21,17 @@ __all__ = [
     "GridResult",
     "TrainState",
     "best_checkpoint",
+    "cell_dir",
     "constant",
     "cosine",
     "fit",
     "list_checkpoints",
+    "load_state",
     "load_checkpoint",
     "make_schedule",
     "run_grid",
     "save_checkpoint",
+    "start_state",
     "step_decay",
     "warmup_cosine",
     "wsd",

@@ -46,9 +46,13 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import operator
 import os
+import pathlib
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -58,6 +62,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax import lax
+from jax.experimental import io_callback
 
 from optlab.engine import batching
 from optlab.engine import checkpoint as ckpt
@@ -65,7 +70,13 @@ from optlab.engine.batching import batch_at
 from optlab.engine.checkpoint import TrainState
 from optlab.optimizers import grouping
 
-DTYPES = ("float16", "bfloat16", "float32", "float64")
+DTYPES = ("float16", "bfloat16", "float32", "float64", "complex64", "complex128")
+# A complex dtype names the precision of both kinds of leaves: its real twin for real leaves, itself for complex.
+_REAL_OF = {"complex64": "float32", "complex128": "float64"}
+_COMPLEX_OF = {"float32": jnp.complex64, "float64": jnp.complex128}
+# Optimizer-state fields that count updates the optimizer itself skipped (optlab's Newton-root family, and
+# optax.apply_if_finite); fit adds their increases to skipped_steps.
+SKIP_COUNTERS = ("skipped", "total_notfinite")
 GROUPS = ("per_layer", "per_leaf", "global")
 
 
@@ -94,6 +105,7 @@ class FitResult(NamedTuple):
     stopped_at: jax.Array  # () int32: step where early stopping froze the run, `steps` when it never stopped
     skipped_steps: jax.Array  # () int32: steps skipped for a non-finite loss, gradient or update
     opt_state: Any  # optimizer state after the last step
+    state: TrainState | None = None  # the final training state: fit(start=state) continues it bit-identically
 
 
 def _is_traced(*trees: Any) -> bool:
@@ -117,25 +129,58 @@ def _nonnegative(name: str, value: Any, *, strict: bool) -> None:
 
 
 def _resolve_dtype(dtype: Any) -> jnp.dtype:
+    """The real compute dtype named by ``dtype`` (a complex dtype names its real twin)."""
     try:
         name = dtype if isinstance(dtype, str) else np.dtype(dtype).name
     except TypeError:
         name = None
     if name not in DTYPES:
         raise ValueError(f"dtype={dtype!r} is not supported; allowed values: {DTYPES}")
+    name = _REAL_OF.get(name, name)
     if name == "float64" and jax.dtypes.canonicalize_dtype(jnp.float64) != jnp.float64:
         raise ValueError(
-            "dtype='float64' needs 64-bit JAX: run inside `with jax.enable_x64(True):` or set JAX_ENABLE_X64=1"
+            f"dtype={dtype!r} needs 64-bit JAX: run inside `with jax.enable_x64(True):` or set JAX_ENABLE_X64=1"
         )
     return jnp.dtype(name)
 
 
 def _cast(tree: Any, dtype: jnp.dtype) -> Any:
-    """Casts inexact array leaves to ``dtype``; integer and boolean leaves are kept."""
+    """Casts real inexact leaves to ``dtype`` and complex leaves to its complex twin; integer and boolean leaves are kept.
+
+    Casting a complex leaf to a real dtype would silently drop its imaginary part, so a complex leaf with a real
+    dtype that has no complex twin (float16, bfloat16) is refused.
+    """
     def cast(x):
         x = jnp.asarray(x) if isinstance(x, (np.ndarray, np.generic)) else x
-        return x.astype(dtype) if eqx.is_inexact_array(x) else x
+        if not eqx.is_inexact_array(x):
+            return x
+        if jnp.iscomplexobj(x):
+            if dtype.name not in _COMPLEX_OF:
+                raise ValueError(
+                    f"dtype={dtype.name!r} has no complex twin for a complex leaf; use dtype='complex64' "
+                    "(float32 / complex64) or 'complex128'"
+                )
+            return x.astype(_COMPLEX_OF[dtype.name])
+        return x.astype(dtype)
     return jax.tree.map(cast, tree)
+
+
+def _conj_complex(grads: Any) -> Any:
+    """Conjugates complex gradient leaves: ``jax.grad`` of a real loss returns the conjugate of the steepest-ascent
+    direction for a complex parameter, and optax expects the direction itself (as in optax's own complex tests)."""
+    return jax.tree.map(lambda g: jnp.conj(g) if jnp.iscomplexobj(g) else g, grads)
+
+
+def _skip_counters(opt_state: Any) -> list[jax.Array]:
+    return [leaf for name in SKIP_COUNTERS for _, leaf in optax.tree.get_all_with_path(opt_state, name)]
+
+
+def _skipped_inside(old: Any, new: Any) -> jax.Array | None:
+    """Whether the optimizer counted this update as skipped (a ``SKIP_COUNTERS`` field grew); None without one."""
+    before, after = _skip_counters(old), _skip_counters(new)
+    if not after:
+        return None
+    return functools.reduce(operator.or_, [jnp.any(a > b) for a, b in zip(after, before)])
 
 
 def _group_ids(params: Any, groups: Any) -> tuple[tuple[int, ...], int, tuple[str, ...]]:
@@ -206,6 +251,7 @@ def _make_chunk(loss_of, combine, opt, *, log_every, batch_size, shuffle, schedu
         (_, value), grads = jax.value_and_grad(scaled_loss, has_aux=True)(state.params)
         if loss_scale is not None:
             grads = jax.tree.map(lambda g: (g / loss_scale).astype(g.dtype), grads)
+        grads = _conj_complex(grads)
         direction = grads if clip is None else optax.clip_by_global_norm(clip).update(grads, optax.EmptyState())[0]
         updates, opt_state = opt.update(
             direction, state.opt_state, state.params, value=value, grad=grads, value_fn=batch_loss
@@ -230,6 +276,9 @@ def _make_chunk(loss_of, combine, opt, *, log_every, batch_size, shuffle, schedu
             running = _computed_once(running & ~stop_now)
         apply, improved = running & finite, _computed_once(improved)
         skipped = running & ~finite
+        inside = _skipped_inside(state.opt_state, opt_state)
+        if inside is not None:  # the optimizer kept params itself (its update is 0), and fit counts that step too
+            skipped = running & (~finite | inside)
         new = TrainState(
             step=t + 1,
             params=optax.tree.where(apply, optax.apply_updates(state.params, updates), state.params),
@@ -276,6 +325,223 @@ def _concat(parts: list[dict[str, jax.Array]]) -> dict[str, jax.Array]:
     return {name: jnp.concatenate([p[name] for p in parts]) for name in parts[-1]}
 
 
+class GridCell(NamedTuple):
+    """Where one ``run_grid`` cell keeps its checkpoints; set by ``run_grid(checkpoint_every=...)`` while it traces."""
+
+    every: int  # steps between checkpoints
+    directory: pathlib.Path  # the grid's checkpoint_dir; the cell writes under cell_dir(directory, cell)
+    cell: jax.Array  # () int32 (traced): the cell's index in the grid, -1 for padding cells (not written)
+
+
+_GRID_CELL: contextvars.ContextVar[list | None] = contextvars.ContextVar("optlab_grid_cell", default=None)
+
+
+def cell_dir(directory: str | os.PathLike, cell: int) -> pathlib.Path:
+    """``directory / cell_{cell:06d}``: the checkpoint folder of grid cell ``cell`` (its row in the GridResult)."""
+    return pathlib.Path(directory) / f"cell_{int(cell):06d}"
+
+
+@contextlib.contextmanager
+def grid_cell(cell: GridCell):
+    """Scope in which the (single) ``fit`` call of a grid cell checkpoints through ``cell``; used by run_grid.
+
+    Yields a list that holds True once a ``fit`` call has taken the cell, so run_grid can tell a cell function
+    that never calls ``fit`` (nothing would be checkpointed).
+    """
+    slot = [cell, False]
+    token = _GRID_CELL.set(slot)
+    try:
+        yield slot
+    finally:
+        _GRID_CELL.reset(token)
+
+
+def _take_grid_cell() -> GridCell | None:
+    slot = _GRID_CELL.get()
+    if slot is None:
+        return None
+    if slot[1]:
+        raise ValueError(
+            "run_grid(checkpoint_every=...) checkpoints one fit per cell, but the cell function called fit twice; "
+            "checkpoint one of them with fit(checkpoint_every=..., checkpoint_dir=...) outside the grid instead"
+        )
+    slot[1] = True
+    return slot[0]
+
+
+def _write_cell(directory: pathlib.Path, key_impl: str, log_every: int, payload: Any) -> None:
+    # Host side of the in-program checkpoint: called once per cell (io_callback runs vmapped cells one by one).
+    state, trace, final, cell = jax.tree.map(np.asarray, payload)
+    if int(cell) < 0:  # a padding cell repeats a real one
+        return
+    state = state._replace(key=jax.random.wrap_key_data(state.key, impl=key_impl))
+    ckpt.save_checkpoint(ckpt.checkpoint_path(cell_dir(directory, cell), int(state.step)), state, trace,
+                         loss=final, log_every=log_every)
+
+
+def _save_in_program(cell: GridCell, state: TrainState, trace: dict, final: jax.Array, log_every: int) -> None:
+    """Checkpoints ``state`` from inside the compiled grid with an (unordered) ``io_callback``.
+
+    Unordered is enough: each cell and step writes its own file, and the callback depends on the chunk's state, so
+    it runs after that state exists; run_grid waits for all callbacks (``jax.effects_barrier``) before returning.
+    """
+    key_impl = str(jax.random.key_impl(state.key))
+    payload = (state._replace(key=jax.random.key_data(state.key)), trace, final, cell.cell)
+    io_callback(functools.partial(_write_cell, cell.directory, key_impl, log_every), None, payload, ordered=False)
+
+
+_BATCHING = "fit/batching"  # stored-trace entry [batch_size (-1: full batch), shuffle]: checked on resume
+
+
+def _batching_tag(batch_size: int | None, shuffle: bool) -> dict[str, jax.Array]:
+    return {_BATCHING: jnp.asarray([-1 if batch_size is None else batch_size, int(shuffle)], jnp.int32)}
+
+
+def _check_batching(path: Any, stored: dict, batch_size: int | None, shuffle: bool) -> dict:
+    """Refuses a resume whose mini-batches differ from the checkpoint's (the batch order would silently change)."""
+    tag = stored.pop(_BATCHING, None)
+    if tag is None:  # written before fit recorded its batching
+        return stored
+    stored_size, stored_shuffle = (int(v) for v in np.asarray(tag))
+    stored_size = None if stored_size < 0 else stored_size
+    if stored_size != batch_size:
+        raise ValueError(
+            f"resume_from={str(path)!r} was written with batch_size={stored_size}, got batch_size={batch_size}: "
+            "the batch order would change; resume with the same batch_size (or start a new run with start=)"
+        )
+    if bool(stored_shuffle) != shuffle:
+        warnings.warn(f"{path}: written with shuffle={bool(stored_shuffle)}, resumed with shuffle={shuffle}: the "
+                      "batch order changes from here on", stacklevel=3)
+    return stored
+
+
+def _fresh_state(trainable: Any, opt: optax.GradientTransformation, key: jax.Array, record_dtype: Any) -> TrainState:
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=trainable,
+        opt_state=opt.init(trainable),
+        key=key,
+        best_params=trainable,
+        best_loss=jnp.full((), jnp.inf, record_dtype),
+        best_step=jnp.full((), -1, jnp.int32),
+        wait=jnp.zeros((), jnp.int32),
+        stopped_at=jnp.full((), -1, jnp.int32),
+        skipped=jnp.zeros((), jnp.int32),
+    )
+
+
+def _same_layout(name: str, given: Any, expected: Any) -> None:
+    given_def, expected_def = jax.tree.structure(given), jax.tree.structure(expected)
+    if given_def != expected_def:
+        raise ValueError(f"{name} must have the structure of fit's {name.split('.')[-1]}: got {given_def}, "
+                         f"expected {expected_def}")
+    for g, e in zip(jax.tree.leaves(given), jax.tree.leaves(expected)):
+        if jnp.shape(g) != jnp.shape(e):
+            raise ValueError(f"{name} has a leaf of shape {jnp.shape(g)} where fit expects {jnp.shape(e)}")
+
+
+def _fill_start(start: TrainState, fresh: TrainState, opt, dtype, record_dtype, reset_optimizer_state) -> TrainState:
+    """``start`` with its None fields taken from ``fresh`` (and a fresh optimizer state from start's params)."""
+    params = fresh.params if start.params is None else start.params
+    if start.params is not None:
+        _same_layout("start.params", params, fresh.params)
+        params = _cast(params, dtype)
+    opt_state = start.opt_state
+    if opt_state is None or reset_optimizer_state:
+        opt_state = opt.init(params)
+    else:
+        _same_layout("start.opt_state", opt_state, fresh.opt_state)
+    best_params = params if start.best_params is None else _cast(start.best_params, dtype)
+    if start.best_params is not None:
+        _same_layout("start.best_params", best_params, fresh.params)
+    key = fresh.key if start.key is None else start.key
+    if not jnp.issubdtype(jnp.asarray(key).dtype, jax.dtypes.prng_key):
+        key = jax.random.wrap_key_data(key)
+
+    def scalar(value, default, dtype_):
+        return default if value is None else jnp.asarray(value).astype(dtype_)
+
+    return TrainState(
+        step=scalar(start.step, fresh.step, jnp.int32),
+        params=params,
+        opt_state=opt_state,
+        key=key,
+        best_params=best_params,
+        best_loss=scalar(start.best_loss, fresh.best_loss, record_dtype),
+        best_step=scalar(start.best_step, fresh.best_step, jnp.int32),
+        wait=scalar(start.wait, fresh.wait, jnp.int32),
+        stopped_at=scalar(start.stopped_at, fresh.stopped_at, jnp.int32),
+        skipped=scalar(start.skipped, fresh.skipped, jnp.int32),
+    )
+
+
+def start_state(
+    params: Any = None,
+    opt_state: Any = None,
+    *,
+    step: Any = None,
+    key: jax.Array | None = None,
+    best_params: Any = None,
+    best_loss: Any = None,
+    best_step: Any = None,
+    wait: Any = None,
+    stopped_at: Any = None,
+    skipped: Any = None,
+) -> TrainState:
+    """A partial :class:`TrainState` for ``fit(start=...)``: fields left None are filled by ``fit``.
+
+    Filled values: ``params`` from fit's ``params``, ``opt_state`` from ``optimizer.init(params)`` (a moment
+    reset), ``key`` from fit's ``key``, ``step`` 0, ``best_params`` the start params, ``best_loss`` inf, ``best_step``
+    / ``stopped_at`` -1, ``wait`` / ``skipped`` 0. Every field may be a traced array (vmap over cells' states).
+    ``params`` are the trainable (inexact-array) leaves, as in a checkpoint's ``state.params``.
+
+    Args:
+      params, opt_state, step, key, best_params, best_loss, best_step, wait, stopped_at, skipped: as in
+        :class:`TrainState`.
+
+    Returns:
+      A :class:`TrainState` whose missing fields are None.
+
+    Example:
+      >>> s = load_state(best_checkpoint("ckpt"), params, optax.adam(1e-3))       # doctest: +SKIP
+      >>> fit(loss, params, optax.sgd(1e-2), steps=500, start=start_state(s.params, step=s.step))  # doctest: +SKIP
+    """
+    return TrainState(step, params, opt_state, key, best_params, best_loss, best_step, wait, stopped_at, skipped)
+
+
+def load_state(
+    path: str | os.PathLike,
+    params: Any,
+    optimizer: optax.GradientTransformation,
+    *,
+    dtype: Any = "float32",
+    reset_optimizer_state: bool = False,
+) -> TrainState:
+    """Loads a checkpoint written by ``fit`` into a :class:`TrainState` for ``fit(start=...)``, on the host.
+
+    Args:
+      path: the checkpoint (e.g. ``best_checkpoint(folder)``, or one of ``cell_dir(grid_dir, i)``).
+      params: the parameters passed to the ``fit`` that wrote it (their structure, shapes and dtypes).
+      optimizer: that fit's optimizer (the layout of the stored optimizer state).
+      dtype: that fit's ``dtype``.
+      reset_optimizer_state: drop the stored optimizer state (``opt_state`` None: ``fit`` re-initialises it).
+
+    Returns:
+      The stored :class:`TrainState` (a stacked list of them vmaps: ``jax.tree.map(lambda *x: jnp.stack(x), ...)``).
+
+    Example:
+      >>> state = load_state(best_checkpoint("ckpt"), params, optax.adam(1e-3))  # doctest: +SKIP
+      >>> fit(loss, params, optax.adam(1e-3), steps=100, start=state._replace(stopped_at=-1, wait=0))  # doctest: +SKIP
+    """
+    dtype = _resolve_dtype(dtype)
+    trainable = _cast(eqx.partition(params, eqx.is_inexact_array)[0], dtype)
+    opt = optax.with_extra_args_support(optimizer)
+    like = _fresh_state(trainable, opt, jax.random.key(0), jnp.promote_types(dtype, jnp.float32))
+    with jax.ensure_compile_time_eval():
+        loaded = ckpt.load_checkpoint(path, like._replace(opt_state=None) if reset_optimizer_state else like)
+    return loaded.state
+
+
 def fit(
     loss_fn: Callable[[Any, Any], jax.Array],
     params: Any,
@@ -299,6 +565,8 @@ def fit(
     checkpoint_dir: str | os.PathLike | None = None,
     resume_from: str | os.PathLike | None = None,
     reset_optimizer_state: bool = False,
+    start: TrainState | None = None,
+    overwrite_checkpoints: bool = False,
 ) -> FitResult:
     """Runs ``steps`` optimizer steps of ``optimizer`` on ``loss_fn`` as one jitted ``lax.scan``.
 
@@ -313,24 +581,43 @@ def fit(
       batch_size: mini-batch size (<= number of examples), None for full batch.
       shuffle: per-epoch permutation (True) or fixed order (False) of mini-batches.
       schedule: ``step -> multiplier`` of the update (see :mod:`optlab.engine.schedules`), None for 1.
-      clip: global-norm clipping threshold applied to the gradient before the optimizer, None for none.
+      clip: global-norm clipping threshold applied to the gradient before the optimizer, None for none. Not for
+        Newton-root optimizers: their step grows as 1/c² while the clipped gradient shrinks as c, so clipping
+        before the step lengthens it; bound them with ``max_scale`` or clip the update after the step.
       weight_decay: decoupled weight decay per step (times the schedule), None for none.
       early_stop: :class:`EarlyStop` or None.
-      dtype: ``"float16"``, ``"bfloat16"``, ``"float32"`` or ``"float64"`` (needs x64) for params, data, compute.
+      dtype: ``"float16"``, ``"bfloat16"``, ``"float32"``, ``"float64"`` (needs x64), ``"complex64"`` or
+        ``"complex128"`` (needs x64) for params, data, compute. Complex leaves stay complex: a real dtype casts them
+        to its complex twin (float32 -> complex64, float64 -> complex128; float16 / bfloat16 have none and are
+        refused for complex leaves), a complex dtype casts real leaves to its real twin. Gradients of complex
+        leaves are conjugated before the optimizer (the optax convention: ``jax.grad`` returns the conjugate of
+        the steepest-ascent direction).
       loss_scale: multiply the loss by this before differentiating and divide the gradient after (float16).
       log_every: steps per trace row; must divide ``steps``.
       metrics_fn: ``params -> {name: array}`` recorded as ``trace["metrics/<name>"]``.
       groups: split for ``trace["group_grad_norms"]``: ``"per_layer"``, ``"per_leaf"``, ``"global"``, or a labels
         pytree / callable (as ``layer_labels`` of the Newton-root optimizers).
       checkpoint_every: save a checkpoint every this many steps (a multiple of ``log_every``) and at the end.
-      checkpoint_dir: where checkpoints go (``checkpoint_{step:06d}.eqx`` + ``.json``).
+      checkpoint_dir: where checkpoints go (one file ``checkpoint_{step:06d}.eqx`` each). Not under ``jit`` /
+        ``vmap``, except inside ``run_grid(checkpoint_every=..., checkpoint_dir=...)``, which checkpoints the cell's
+        one ``fit`` call from inside the compiled grid (``io_callback``) under ``cell_dir(checkpoint_dir, cell)``.
       resume_from: a checkpoint file to continue from; its step must be <= ``steps``. Its stored key, counters and
-        trace are used; the result is bit-identical to an uninterrupted run.
-      reset_optimizer_state: on resume, ignore the stored optimizer state and use ``optimizer.init(params)``. This
-        also happens (with a warning) when the stored state does not fit ``optimizer`` (another optimizer).
+        trace are used; the result is bit-identical to an uninterrupted run. It is loaded on the host, so this also
+        works under ``jit`` / ``vmap`` (every cell resumes from the same file). The ``batch_size`` must be the one
+        the checkpoint was written with (ValueError otherwise; another ``shuffle`` warns).
+      reset_optimizer_state: on resume (or with ``start``), ignore the stored optimizer state and use
+        ``optimizer.init(params)``. This also happens (with a warning) when the stored state of ``resume_from``
+        does not fit ``optimizer`` (another optimizer).
+      start: a :class:`TrainState` to continue from, as arrays (may be traced: vmap over cells' states); fields
+        left None are filled as in :func:`start_state`. Unlike ``resume_from``, fit then runs ``steps`` *further*
+        steps (global steps ``start.step ... start.step + steps - 1``: the schedule sees the global step) and the
+        trace holds only those rows. A per-cell ``start.step`` (batched under vmap) is supported; the batch order
+        is then redrawn with a select instead of a branch (slower with shuffled mini-batches).
+      overwrite_checkpoints: a ``checkpoint_dir`` holding another run's checkpoints is refused (CheckpointError,
+        before any work) unless this is True, which deletes them. A run resumed from a checkpoint continues its run.
 
     Returns:
-      A :class:`FitResult`; ``trace`` has ``"loss"``, ``"grad_norm"``, ``"group_grad_norms"`` (rows, G),
+      A :class:`FitResult` (``stopped_at`` is the final step when the run never stopped); ``trace`` has ``"loss"``, ``"grad_norm"``, ``"group_grad_norms"`` (rows, G),
       ``"lr"``, ``"skipped"``, ``"step_scale"`` (rows, G) when the optimizer state has one, and ``"metrics/*"``.
 
     Example:
@@ -376,8 +663,25 @@ def fit(
             raise ValueError(f"checkpoint_every={checkpoint_every} must be a multiple of log_every={log_every}")
     if (checkpoint_every is None) != (checkpoint_dir is None):
         raise ValueError("checkpoint_every and checkpoint_dir go together: pass both or neither")
-    if reset_optimizer_state and resume_from is None:
-        raise ValueError("reset_optimizer_state=True only applies with resume_from=<checkpoint>")
+    if not isinstance(overwrite_checkpoints, bool):
+        raise TypeError(f"overwrite_checkpoints must be True or False, got {overwrite_checkpoints!r}")
+    run_id = None if checkpoint_dir is None else ckpt.start_run(checkpoint_dir, resume_from,
+                                                                overwrite=overwrite_checkpoints)
+    if reset_optimizer_state and resume_from is None and start is None:
+        raise ValueError("reset_optimizer_state=True only applies with resume_from=<checkpoint> or start=<state>")
+    if start is not None:
+        if not isinstance(start, TrainState):
+            raise TypeError(f"start must be a TrainState (see start_state / load_state) or None, got {start!r}")
+        if resume_from is not None:
+            raise ValueError("pass resume_from=<checkpoint> or start=<TrainState>, not both")
+    cell = _take_grid_cell()
+    if cell is not None:
+        if checkpoint_every is not None:
+            raise ValueError("this fit runs in run_grid(checkpoint_every=...): leave checkpoint_every / "
+                             "checkpoint_dir to run_grid")
+        if cell.every % log_every:
+            raise ValueError(f"run_grid checkpoint_every={cell.every} must be a multiple of log_every={log_every}")
+        checkpoint_every = cell.every
     if key is None:
         if batch_size is not None and shuffle:
             raise ValueError("key is required to shuffle mini-batches (batch_size set, shuffle=True)")
@@ -396,25 +700,19 @@ def fit(
         return loss_fn(combine(p), batch)
 
     opt = optax.with_extra_args_support(optimizer)
-    opt_state = opt.init(trainable)
     record_dtype = jnp.promote_types(dtype, jnp.float32)
     ids, n_groups, _ = _group_ids(trainable, groups)
-    state = TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=trainable,
-        opt_state=opt_state,
-        key=key,
-        best_params=trainable,
-        best_loss=jnp.full((), jnp.inf, record_dtype),
-        best_step=jnp.full((), -1, jnp.int32),
-        wait=jnp.zeros((), jnp.int32),
-        stopped_at=jnp.full((), -1, jnp.int32),
-        skipped=jnp.zeros((), jnp.int32),
-    )
-    start, stored = 0, None
+    state = _fresh_state(trainable, opt, key, record_dtype)
+    opt_state = state.opt_state
+    first, total, stored = 0, steps, None
     if resume_from is not None:
-        state, start, stored = ckpt.resume(resume_from, state, opt.init, steps=steps, log_every=log_every,
-                                           reset_optimizer_state=reset_optimizer_state)
+        # Loaded on the host even when fit is traced (jit / vmap): the file's arrays become constants of the program.
+        with jax.ensure_compile_time_eval():
+            state, first, stored = ckpt.resume(resume_from, state, opt.init, steps=steps, log_every=log_every,
+                                               reset_optimizer_state=reset_optimizer_state)
+        stored = _check_batching(resume_from, dict(stored), batch_size, shuffle)
+    elif start is not None:
+        state = _fill_start(start, state, opt, dtype, record_dtype, reset_optimizer_state)
 
     run_chunk = _make_chunk(
         loss_of, combine, opt, log_every=log_every, batch_size=batch_size, shuffle=shuffle, schedule=schedule,
@@ -422,23 +720,32 @@ def fit(
         n_groups=n_groups, has_step_scale=bool(optax.tree.get_all_with_path(opt_state, "step_scale")),
         metrics_fn=metrics_fn, record_dtype=record_dtype, end_loss=checkpoint_every is not None,
     )
-    # Chunk ends: multiples of checkpoint_every (absolute steps, so a resumed run reuses the same chunk length).
-    every = checkpoint_every or steps
-    ends = sorted({*range((start // every + 1) * every, steps, every), steps}) if start < steps else []
-    n_stored = start // log_every
+    # Chunk ends: multiples of checkpoint_every, counted from step 0 of the run (absolute steps, so a resumed run
+    # reuses the same chunk length) or, with start=, from the start state (its step may be traced).
+    every = checkpoint_every or total
+    ends = sorted({*range((first // every + 1) * every, total, every), total}) if first < total else []
+    n_stored = first // log_every
     prefix: list[dict[str, jax.Array]] = []  # stored rows of a resumed run, aligned to this run's trace keys
     parts: list[dict[str, jax.Array]] = []
+    tag = _batching_tag(batch_size, shuffle)
     for end in ends:
-        state, rows, final = run_chunk(state, data, (end - start) // log_every)
+        state, rows, final = run_chunk(state, data, (end - first) // log_every)
         if stored is not None and not prefix:
             prefix = [ckpt.align_trace(stored, rows, n_stored)]
         parts.append(rows)
         if checkpoint_every is not None:
-            if _is_traced(state):
-                raise ValueError("checkpoint_every cannot be used inside jax.jit / jax.vmap (values are traced)")
-            ckpt.save_checkpoint(ckpt.checkpoint_path(checkpoint_dir, end), state, _concat(prefix + parts),
-                                 loss=final, log_every=log_every)
-        start = end
+            trace = {**_concat(prefix + parts), **tag}
+            if cell is not None:
+                _save_in_program(cell, state, trace, final, log_every)
+            elif _is_traced(state):
+                raise ValueError(
+                    "checkpoint_every cannot be used inside jax.jit / jax.vmap (values are traced); for a grid of "
+                    "runs pass checkpoint_every= and checkpoint_dir= to run_grid instead (one folder per cell)"
+                )
+            else:
+                ckpt.save_checkpoint(ckpt.checkpoint_path(checkpoint_dir, int(state.step)), state, trace,
+                                     loss=final, log_every=log_every, run_id=run_id, overwrite=overwrite_checkpoints)
+        first = end
     trace = _concat(prefix + parts) if parts else (stored or {})
     return FitResult(
         params=combine(state.params),
@@ -446,8 +753,8 @@ def fit(
         trace=trace,
         best_step=state.best_step,
         best_loss=state.best_loss,
-        stopped_at=jnp.where(state.stopped_at < 0, steps, state.stopped_at),
+        stopped_at=jnp.where(state.stopped_at < 0, state.step, state.stopped_at),
         skipped_steps=state.skipped,
         opt_state=state.opt_state,
+        state=state,
     )
-

@@ -1,6 +1,7 @@
 """Optax GradientTransformations only: no training loops here."""
 
 from optlab.optimizers.grouping import SCALINGS, group_ids, group_sq_norms
+from optlab.optimizers.guards import skip_non_finite
 from optlab.optimizers.newton_root import NewtonRootState, newton_root, scale_by_newton_root
 from optlab.optimizers.preconditioned import (
     NewtonRootAdamState,
@@ -26,4 +27,5 @@ __all__ = [
     "scale_by_newton_root",
     "scale_by_newton_root_adam",
     "scale_by_newton_root_hutchinson",
+    "skip_non_finite",
 ]

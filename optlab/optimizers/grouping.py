@@ -106,17 +106,26 @@ def group_ids(
 
 
 def norm_dtype(tree: Any) -> jnp.dtype:
-    """Dtype of squared norms of ``tree``: at least float32, so half-precision sums do not overflow."""
-    dtypes = [jnp.promote_types(jnp.result_type(leaf), jnp.float32) for leaf in jax.tree.leaves(tree)]
+    """Dtype of squared norms of ``tree``: at least float32, so half-precision sums do not overflow.
+
+    Only floating and complex leaves count; integer leaves are not trained.
+    """
+    dtypes = [jnp.promote_types(jnp.result_type(leaf), jnp.float32) for leaf in jax.tree.leaves(tree) if _inexact(leaf)]
     dtype = jnp.result_type(*dtypes) if dtypes else jnp.dtype(jnp.float32)
     # Complex gradients have real squared norms.
     return jnp.finfo(dtype).dtype
 
 
+def _inexact(leaf: Any) -> bool:
+    return jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)
+
+
 def _sum_of_squares(leaf: jax.Array, dtype: jnp.dtype) -> jax.Array:
+    if not _inexact(leaf):
+        return jnp.zeros((), dtype)  # integer leaves are not trained: they add nothing to a norm
     leaf = jnp.asarray(leaf)
     if jnp.iscomplexobj(leaf):
-        return jnp.sum(jnp.square(leaf.real).astype(dtype)) + jnp.sum(jnp.square(leaf.imag).astype(dtype))
+        return jnp.sum(jnp.square(leaf.real.astype(dtype))) + jnp.sum(jnp.square(leaf.imag.astype(dtype)))
     return jnp.sum(jnp.square(leaf.astype(dtype)))
 
 
@@ -160,6 +169,9 @@ def group_sq_norms(tree: Any, ids: Sequence[int], n_groups: int) -> jax.Array:
 def scale_groups(tree: Any, scales: jax.Array, ids: Sequence[int], *, zero: jax.Array | bool = False) -> Any:
     """Multiplies each leaf by its group's scale, keeping leaf dtypes.
 
+    The product is formed in at least float32 and then cast back, so a half-precision leaf times a
+    large step is not rounded (or overflowed) twice. Integer leaves get a zero update.
+
     Args:
       tree: pytree of arrays.
       scales: shape ``(n_groups,)``.
@@ -168,10 +180,19 @@ def scale_groups(tree: Any, scales: jax.Array, ids: Sequence[int], *, zero: jax.
 
     Returns:
       A pytree like ``tree`` with leaf ``i`` equal to ``scales[ids[i]] * leaf_i``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> scale_groups({"a": jnp.ones(2, jnp.float16), "n": jnp.array([3])}, jnp.array([0.5]), (0, 0))
+      {'a': Array([0.5, 0.5], dtype=float16), 'n': Array([0], dtype=int32)}
     """
     leaves, treedef = jax.tree.flatten(tree)
-    scaled = [
-        jnp.where(zero, jnp.zeros_like(leaf), leaf * scales[k].astype(jnp.result_type(leaf)))
-        for leaf, k in zip(leaves, ids, strict=True)
-    ]
-    return jax.tree.unflatten(treedef, scaled)
+
+    def scale(leaf: Any, k: int) -> Any:
+        if not _inexact(leaf):
+            return leaf if jnp.result_type(leaf) == jax.dtypes.float0 else jnp.zeros_like(leaf)
+        wide = jnp.promote_types(jnp.result_type(leaf), scales.dtype)
+        product = (jnp.asarray(leaf, wide) * scales[k].astype(wide)).astype(jnp.result_type(leaf))
+        return jnp.where(zero, jnp.zeros_like(product), product)
+
+    return jax.tree.unflatten(treedef, [scale(leaf, k) for leaf, k in zip(leaves, ids, strict=True)])

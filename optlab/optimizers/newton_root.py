@@ -17,25 +17,19 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optlab.optimizers import grouping
+from optlab.optimizers import grouping, guards
 
 VARIANTS = ("sps", "sps+")
 SHARES = ("equal", "full")
-
-_MISSING_VALUE = (
-    "the Newton-root step needs the loss: pass value=<loss> to update, e.g. "
-    "loss, grads = jax.value_and_grad(loss_fn)(params); "
-    "opt.update(grads, state, params, value=loss)"
-)
 
 
 class NewtonRootState(NamedTuple):
     """State of :func:`scale_by_newton_root`."""
 
     count: jax.Array  # shape=(), int32: steps applied (skipped steps not counted).
-    step_scale: jax.Array  # shape=(G,), float: last step per group (0 on a skipped step).
-    grad_sq_norms: jax.Array  # shape=(G,), float: last squared gradient norm per group.
-    skipped: jax.Array  # shape=(), int32: steps skipped for a non-finite loss or gradient.
+    step_scale: jax.Array  # shape=(G,), float >= float32: last step per group (0 on a skipped step).
+    grad_sq_norms: jax.Array  # shape=(G,), float >= float32: squared gradient norm per group, last applied step.
+    skipped: jax.Array  # shape=(), int32: steps skipped for a non-finite loss, gradient, update or norm.
 
 
 def suboptimality_gap(value: jax.typing.ArrayLike, f_min: jax.typing.ArrayLike, variant: str, dtype) -> jax.Array:
@@ -55,10 +49,6 @@ def root_step(gap: jax.Array, denominator: jax.Array, max_scale: jax.typing.Arra
     return jnp.where(tiny, 0.0, jnp.minimum(gap / jnp.where(tiny, 1.0, denominator), max_scale)).astype(gap.dtype)
 
 
-def missing_value_error(name: str) -> TypeError:
-    return TypeError(f"{name}.update: {_MISSING_VALUE}")
-
-
 def scale_by_newton_root(
     scaling: str = "global",
     *,
@@ -71,7 +61,8 @@ def scale_by_newton_root(
 ) -> optax.GradientTransformationExtraArgs:
     r"""Scales each group of the gradient by its Newton-root (Polyak) step.
 
-    For group :math:`k` with gradient block :math:`g_k` among :math:`G` groups:
+    For group :math:`k` with gradient block :math:`g_k` among :math:`G` groups (groups made only of
+    integer leaves are not counted: they never move):
 
     .. math::
       s_k = \min\left(\frac{\Delta_k}{\lVert g_k\rVert^2 + \epsilon}, s_{\max}\right),\qquad
@@ -94,16 +85,20 @@ def scale_by_newton_root(
     ``optax.scale_by_polyak(f_min, max_learning_rate=max_scale, eps=eps, variant=variant)``
     (squared norms of half-precision gradients are summed in float32 here).
 
-    A non-finite loss or gradient gives a zero update for that step, leaves ``count`` unchanged
-    and increments ``state.skipped``. (A finite gradient whose squared norm overflows is counted as
-    skipped too; its step would be 0 anyway.)
+    Precision: squared norms and the step are computed in at least float32 and the update is cast
+    back to each leaf's dtype, so a float16 gradient whose :math:`\lVert g\rVert^2` would underflow
+    still gets its step. Integer leaves get a zero update and add nothing to the norms.
+
+    A non-finite loss, gradient, squared norm or update (e.g. a float16 update that overflows)
+    gives a zero update for that step, leaves ``count`` and the norms unchanged and increments
+    ``state.skipped`` (the guard is :func:`optlab.optimizers.guards.skip_non_finite`).
 
     Args:
       scaling: ``"global"`` (one step), ``"per_leaf"`` (one per array) or ``"per_layer"`` (one per
         parent path, or per label of ``layer_labels``); see :mod:`optlab.optimizers.grouping`.
-      f_min: lower bound (guess) of the loss, :math:`f^\star`. Traceable.
-      max_scale: cap :math:`s_{\max}` on each step. Traceable.
-      eps: added to each squared norm. Traceable.
+      f_min: lower bound (guess) of the loss, :math:`f^\star`; finite. Traceable.
+      max_scale: cap :math:`s_{\max}` on each step, >= 0 (``inf``: no cap). Traceable.
+      eps: added to each squared norm, finite and >= 0. Traceable.
       variant: ``"sps"`` or ``"sps+"``.
       share: ``"equal"`` (default) or ``"full"``: how the gap is shared among the groups.
       layer_labels: with ``scaling="per_layer"``, a pytree of labels like params (or a prefix),
@@ -111,7 +106,11 @@ def scale_by_newton_root(
 
     Returns:
       An :class:`optax.GradientTransformationExtraArgs` whose ``update`` needs ``value=`` (the
-      loss) and ignores other extra arguments. Its state is :class:`NewtonRootState`.
+      loss, a scalar) and ignores other extra arguments. Its state is :class:`NewtonRootState`.
+
+    Raises:
+      ValueError: for a choice not listed above, or a concrete ``f_min`` / ``max_scale`` / ``eps``
+        out of range (traced values are not checked).
 
     Example:
       >>> import jax, jax.numpy as jnp, optax
@@ -132,6 +131,7 @@ def scale_by_newton_root(
     grouping.check_choice("share", share, SHARES)
     if layer_labels is not None and scaling != "per_layer":
         raise ValueError(f"layer_labels is only used with scaling='per_layer'; got scaling={scaling!r}")
+    check_step_hyperparameters(f_min=f_min, max_scale=max_scale, eps=eps)
 
     def init_fn(params: optax.Params) -> NewtonRootState:
         _, n_groups, _ = grouping.group_ids(params, scaling, layer_labels)
@@ -152,25 +152,41 @@ def scale_by_newton_root(
         **extra_args: Any,
     ) -> tuple[optax.Updates, NewtonRootState]:
         del params, extra_args  # Only the gradient and the loss enter the step.
-        if value is None:
-            raise missing_value_error("scale_by_newton_root")
         ids, n_groups, _ = grouping.group_ids(updates, scaling, layer_labels)
         sq_norms = grouping.group_sq_norms(updates, ids, n_groups)
         gap = suboptimality_gap(value, f_min, variant, sq_norms.dtype)
         if share == "equal":
-            gap = gap / n_groups
+            # Groups of integer leaves only take no step, so they take no share of the gap either.
+            trainable = {k for leaf, k in zip(jax.tree.leaves(updates), ids, strict=True) if guards.is_trainable(leaf)}
+            gap = gap / max(len(trainable), 1)
         step = root_step(gap, sq_norms + eps, max_scale)
-        skip = ~(jnp.isfinite(gap) & jnp.all(jnp.isfinite(sq_norms)))
-        step = jnp.where(skip, jnp.zeros_like(step), step)
         new_state = NewtonRootState(
-            count=jnp.where(skip, state.count, optax.safe_increment(state.count)),
+            count=optax.safe_increment(state.count),
             step_scale=step.astype(state.step_scale.dtype),
             grad_sq_norms=sq_norms.astype(state.grad_sq_norms.dtype),
-            skipped=state.skipped + skip.astype(jnp.int32),
+            skipped=state.skipped,  # counted by the finiteness guard
         )
-        return grouping.scale_groups(updates, step, ids, zero=skip), new_state
+        return grouping.scale_groups(updates, step, ids), new_state
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return guards.skip_non_finite(
+        optax.GradientTransformationExtraArgs(init_fn, update_fn), "scale_by_newton_root"
+    )
+
+
+def check_step_hyperparameters(**hyperparameters: jax.typing.ArrayLike) -> None:
+    """Range checks shared by the Newton-root factories (concrete values only).
+
+    ``f_min`` must be finite, ``max_scale`` >= 0 (``inf`` allowed), and ``eps`` /
+    ``denominator_eps`` finite and >= 0.
+    """
+    rules = {
+        "f_min": {},
+        "max_scale": {"minimum": 0.0, "allow_inf": True},
+        "eps": {"minimum": 0.0},
+        "denominator_eps": {"minimum": 0.0},
+    }
+    for name, value in hyperparameters.items():
+        guards.check_number(name, value, **rules[name])
 
 
 def newton_root(
@@ -194,8 +210,22 @@ def newton_root(
     gradient *before* measuring its norm, so its update is :math:`-\frac{L - f^\star}
     {s\lVert g\rVert^2} g`, proportional to :math:`1/s`.
 
+    **The clip trap.** Do not clip the gradient *before* this step:
+    ``optax.chain(optax.clip_by_global_norm(c), newton_root(...))`` makes the step *longer* when
+    the clip binds. The step scale :math:`(L - f^\star)/\lVert g\rVert^2` is measured on the
+    clipped gradient, of norm :math:`c`, so it grows as :math:`1/c^2` while the direction shrinks
+    as :math:`c`: the update has norm :math:`(L - f^\star)/c`, growing as the clip tightens. On
+    :math:`L = x^2` from :math:`x_0 > c` that gives :math:`x \leftarrow x - x^2/c`, which
+    diverges. Safe compositions, both bounding the update as clipping is meant to:
+
+    * clip the update *after* the step: ``optax.chain(newton_root(...), optax.clip_by_global_norm(c))``
+      (the update norm is at most :math:`c`);
+    * or cap the step: ``newton_root(..., max_scale=s)`` (the update is at most
+      :math:`\eta\, s\, \lVert g\rVert`).
+
     Args:
-      learning_rate: scalar or schedule ``count -> multiplier`` (:class:`optax.ScalarOrSchedule`).
+      learning_rate: scalar or schedule ``count -> multiplier`` (:class:`optax.ScalarOrSchedule`);
+        a concrete scalar must be finite and >= 0.
       scaling, f_min, max_scale, eps, variant, share, layer_labels: see
         :func:`scale_by_newton_root`.
 
@@ -216,6 +246,7 @@ def newton_root(
       >>> p  # 3 + 8 / 2**3
       Array(4., dtype=float32)
     """
+    guards.check_learning_rate(learning_rate)
     return optax.chain(
         scale_by_newton_root(
             scaling,

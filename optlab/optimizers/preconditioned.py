@@ -31,22 +31,23 @@ import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import equinox as eqx
 import jax
 import jax.flatten_util
 import jax.numpy as jnp
 import optax
 
-from optlab.optimizers import grouping
-from optlab.optimizers.newton_root import VARIANTS, missing_value_error, root_step, suboptimality_gap
+from optlab.optimizers import grouping, guards
+from optlab.optimizers.newton_root import VARIANTS, check_step_hyperparameters, root_step, suboptimality_gap
 
 
 class NewtonRootAdamState(NamedTuple):
     """State of :func:`scale_by_newton_root_adam`."""
 
     count: jax.Array  # shape=(), int32: steps applied (drives Adam's bias correction).
-    nu: optax.Updates  # like params: EMA of squared gradients (Adam's second moment).
+    nu: optax.Updates  # like params, real float >= float32: EMA of squared gradients (Adam's second moment).
     step_scale: jax.Array  # shape=(1,), float: last step t (0 on a skipped step).
-    skipped: jax.Array  # shape=(), int32: steps skipped for a non-finite loss or gradient.
+    skipped: jax.Array  # shape=(), int32: steps skipped for a non-finite loss, gradient, moment or update.
 
 
 class NewtonRootHutchinsonState(NamedTuple):
@@ -54,12 +55,12 @@ class NewtonRootHutchinsonState(NamedTuple):
 
     count: jax.Array  # shape=(), int32: steps applied.
     key: jax.Array  # uint32 key data of the PRNG key for the next probes.
-    hess_diag: optax.Updates  # like params: (EMA of) the Hutchinson estimate of diag H.
+    hess_diag: optax.Updates  # like params, real float >= float32: (EMA of) the Hutchinson estimate of diag H.
     step_scale: jax.Array  # shape=(1,), float: last step t (0 on a skipped step).
     skipped: jax.Array  # shape=(), int32: steps skipped for a non-finite loss, gradient or estimate.
 
 
-def _root_update(
+def _root_step_along(
     updates: optax.Updates,
     direction: optax.Updates,
     value: jax.typing.ArrayLike,
@@ -67,17 +68,23 @@ def _root_update(
     max_scale: jax.typing.ArrayLike,
     denominator_eps: jax.typing.ArrayLike,
     variant: str,
-    extra_ok: jax.Array | bool = True,
-) -> tuple[optax.Updates, jax.Array, jax.Array]:
-    """Returns ``(t * d or 0, t (1,), skip)`` for gradient ``updates`` and direction ``d``."""
-    slope = jnp.asarray(optax.tree.vdot(updates, direction))
+) -> tuple[optax.Updates, jax.Array]:
+    """``(t * d in the leaves' dtypes, t of shape (1,))`` for gradient ``updates`` and direction ``d``.
+
+    ``direction`` is in the compute dtype (>= float32, zero on integer leaves), so the slope and
+    the step do not underflow in half precision; only the final update is cast back.
+    """
     dtype = grouping.norm_dtype(updates)
-    slope = slope.astype(dtype)
+    # Re(g^H d): real for complex leaves, and the direction is a positive rescaling of g.
+    slope = jnp.real(optax.tree.vdot(guards.upcast(updates), direction)).astype(dtype)
     gap = suboptimality_gap(value, f_min, variant, dtype)
     step = root_step(gap, slope + denominator_eps, max_scale)
-    skip = ~(jnp.isfinite(gap) & jnp.isfinite(slope) & extra_ok)
-    step = jnp.where(skip, jnp.zeros_like(step), step)[None]
-    return grouping.scale_groups(direction, step, (0,) * len(jax.tree.leaves(direction)), zero=skip), step, skip
+    return guards.cast_back(optax.tree.scale(step, direction), updates), step[None]
+
+
+def _statistic_zeros(params: optax.Params) -> optax.Params:
+    """Zeros like ``params`` in a real dtype of at least float32, for per-element statistics."""
+    return jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), guards.real_dtype(p)), params)
 
 
 def _check_variant(variant: str) -> None:
@@ -102,16 +109,21 @@ def scale_by_newton_root_adam(
 
     and the update is :math:`t\,d` (no sign flip). No first moment: the direction is the current
     gradient, so :math:`g^\top d > 0` and the step is the root of the linearised loss along
-    :math:`d`. A non-finite loss or gradient gives a zero update, leaves :math:`v` and ``count``
-    unchanged and increments ``skipped``.
+    :math:`d`.
+
+    :math:`v`, :math:`d` and :math:`t` are computed in at least float32 (the update is cast back
+    to each leaf's dtype), and an exactly-zero gradient entry has :math:`d = 0` even when
+    :math:`\sqrt{\hat v} + \epsilon` is 0, so half precision neither underflows into 0/0 nor
+    stalls. Integer leaves get a zero update. A non-finite loss, gradient, moment or update gives
+    a zero update, leaves :math:`v` and ``count`` unchanged and increments ``skipped``.
 
     Args:
-      b2: decay of the second moment (traceable).
-      eps: Adam's epsilon in the preconditioner (traceable).
-      f_min: lower bound (guess) of the loss (traceable).
-      max_scale: cap :math:`t_{\max}` on the step (traceable).
+      b2: decay of the second moment, in [0, 1) (traceable).
+      eps: Adam's epsilon in the preconditioner, finite and >= 0 (traceable).
+      f_min: lower bound (guess) of the loss, finite (traceable).
+      max_scale: cap :math:`t_{\max}` on the step, >= 0 (traceable).
       variant: ``"sps"`` or ``"sps+"`` (gap clipped at 0).
-      denominator_eps: :math:`\epsilon_d` added to :math:`g^\top d` (traceable).
+      denominator_eps: :math:`\epsilon_d` added to :math:`g^\top d`, finite and >= 0 (traceable).
 
     Returns:
       An :class:`optax.GradientTransformationExtraArgs` whose update needs ``value=`` (the loss).
@@ -131,12 +143,15 @@ def scale_by_newton_root_adam(
       preconditioned SPS, 2023.
     """
     _check_variant(variant)
+    guards.check_number("b2", b2, minimum=0.0, maximum=1.0, maximum_exclusive=True)
+    guards.check_number("eps", eps, minimum=0.0)
+    check_step_hyperparameters(f_min=f_min, max_scale=max_scale, denominator_eps=denominator_eps)
 
     def init_fn(params: optax.Params) -> NewtonRootAdamState:
         dtype = grouping.norm_dtype(params)
         return NewtonRootAdamState(
             count=jnp.zeros([], jnp.int32),
-            nu=optax.tree.zeros_like(params),
+            nu=_statistic_zeros(params),
             step_scale=jnp.zeros((1,), dtype),
             skipped=jnp.zeros([], jnp.int32),
         )
@@ -150,24 +165,24 @@ def scale_by_newton_root_adam(
         **extra_args: Any,
     ) -> tuple[optax.Updates, NewtonRootAdamState]:
         del params, extra_args  # Only the gradient and the loss enter the step.
-        if value is None:
-            raise missing_value_error("scale_by_newton_root_adam")
         count = optax.safe_increment(state.count)
-        nu = optax.tree.update_moment_per_elem_norm(updates, state.nu, b2, 2)
+        wide = guards.upcast(updates)
+        nu = optax.tree.update_moment_per_elem_norm(wide, state.nu, b2, 2)
+        nu = jax.tree.map(lambda new, old: new.astype(old.dtype), nu, state.nu)  # a fixed carry dtype
         nu_hat = optax.tree.bias_correction(nu, b2, count)
-        direction = jax.tree.map(lambda g, v: g / (jnp.sqrt(v) + eps), updates, nu_hat)
-        new_updates, step, skip = _root_update(
-            updates, direction, value, f_min, max_scale, denominator_eps, variant
-        )
+        direction = jax.tree.map(lambda g, v: guards.safe_divide(g, jnp.sqrt(v) + eps), wide, nu_hat)
+        new_updates, step = _root_step_along(updates, direction, value, f_min, max_scale, denominator_eps, variant)
         new_state = NewtonRootAdamState(
-            count=jnp.where(skip, state.count, count),
-            nu=optax.tree.where(skip, state.nu, nu),
+            count=count,
+            nu=nu,
             step_scale=step.astype(state.step_scale.dtype),
-            skipped=state.skipped + skip.astype(jnp.int32),
+            skipped=state.skipped,  # counted by the finiteness guard
         )
         return new_updates, new_state
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return guards.skip_non_finite(
+        optax.GradientTransformationExtraArgs(init_fn, update_fn), "scale_by_newton_root_adam"
+    )
 
 
 def hutchinson_diagonal(
@@ -187,8 +202,27 @@ def hutchinson_diagonal(
       n_probes: number of probes :math:`k` (static).
 
     Returns:
-      A pytree like ``params``.
+      A pytree like ``params`` (zeros, float32, on integer leaves, which are not differentiated).
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> f = lambda p: jnp.sum(jnp.array([1.0, 10.0]) * p**2)
+      >>> hutchinson_diagonal(f, jnp.ones(2), jax.random.key(0), 1)
+      Array([ 2., 20.], dtype=float32)
     """
+    trainable, frozen = eqx.partition(params, guards.is_trainable)
+    estimate = _trainable_hutchinson(lambda p: value_fn(eqx.combine(p, frozen)), trainable, key, n_probes)
+    return jax.tree.map(
+        lambda e, p: jnp.zeros(jnp.shape(p), jnp.float32) if e is None else e,
+        estimate,
+        params,
+        is_leaf=lambda x: x is None,
+    )
+
+
+def _trainable_hutchinson(
+    value_fn: Callable[[optax.Params], jax.Array], params: optax.Params, key: jax.Array, n_probes: int
+) -> optax.Params:
     grad_fn = jax.grad(value_fn)
     flat, unravel = jax.flatten_util.ravel_pytree(params)
     # One draw for all probes and leaves: a single PRNG call compiles and runs faster than one per leaf.
@@ -201,6 +235,11 @@ def hutchinson_diagonal(
 
     estimates = jax.vmap(one_probe)(probes)
     return jax.tree.map(lambda e: jnp.mean(e, axis=0), estimates)
+
+
+def _ema_or_first(first: jax.Array, ema: jax.typing.ArrayLike, old: jax.Array, new: jax.Array) -> jax.Array:
+    # where(), not a blend with weight 1/0: an old inf must not turn the first estimate into NaN.
+    return jnp.where(first, new, ema * old + (1 - ema) * new).astype(old.dtype)
 
 
 def scale_by_newton_root_hutchinson(
@@ -225,14 +264,17 @@ def scale_by_newton_root_hutchinson(
     (:func:`hutchinson_diagonal`) and :math:`\beta` = ``ema``. The update is :math:`t\,d` (no
     sign flip). Each step costs ``n_probes`` extra Hessian-vector products. The PRNG key lives in
     the state (seeded by ``seed``) and advances every step. A non-finite loss, gradient or estimate
-    gives a zero update, keeps :math:`D` and ``count`` and increments ``skipped``.
+    gives a zero update, keeps :math:`D` and ``count`` and increments ``skipped`` (the key still
+    advances, so the next step draws new probes). :math:`D`, :math:`d` and :math:`t` are kept in
+    at least float32 and an exactly-zero gradient entry has :math:`d = 0`; integer leaves get a
+    zero update.
 
     Args:
       n_probes: Rademacher probes per step (static, >= 1).
-      damping: :math:`\lambda`, added to :math:`\lvert D\rvert` (traceable).
-      ema: :math:`\beta`, EMA decay of the estimate; 0 uses the current estimate (traceable).
-      f_min: lower bound (guess) of the loss (traceable).
-      max_scale: cap :math:`t_{\max}` on the step (traceable).
+      damping: :math:`\lambda`, added to :math:`\lvert D\rvert`, finite and >= 0 (traceable).
+      ema: :math:`\beta`, EMA decay of the estimate, in [0, 1]; 0 uses the current estimate (traceable).
+      f_min: lower bound (guess) of the loss, finite (traceable).
+      max_scale: cap :math:`t_{\max}` on the step, >= 0 (traceable).
       seed: seed of the probe PRNG key (traceable integer).
       variant: ``"sps"`` or ``"sps+"``.
       denominator_eps: :math:`\epsilon_d` added to :math:`g^\top d` (traceable).
@@ -259,6 +301,9 @@ def scale_by_newton_root_hutchinson(
     _check_variant(variant)
     if isinstance(n_probes, bool) or not isinstance(n_probes, int) or n_probes < 1:
         raise ValueError(f"n_probes={n_probes!r} must be a Python int >= 1 (it fixes the number of probes)")
+    guards.check_number("damping", damping, minimum=0.0)
+    guards.check_number("ema", ema, minimum=0.0, maximum=1.0)
+    check_step_hyperparameters(f_min=f_min, max_scale=max_scale, denominator_eps=denominator_eps)
 
     def init_fn(params: optax.Params) -> NewtonRootHutchinsonState:
         dtype = grouping.norm_dtype(params)
@@ -266,7 +311,7 @@ def scale_by_newton_root_hutchinson(
             count=jnp.zeros([], jnp.int32),
             # Raw key data, so optax wrappers that jnp.where / cast the state handle it.
             key=jax.random.key_data(jax.random.key(seed)),
-            hess_diag=optax.tree.zeros_like(params),
+            hess_diag=_statistic_zeros(params),
             step_scale=jnp.zeros((1,), dtype),
             skipped=jnp.zeros([], jnp.int32),
         )
@@ -281,8 +326,6 @@ def scale_by_newton_root_hutchinson(
         **extra_args: Any,
     ) -> tuple[optax.Updates, NewtonRootHutchinsonState]:
         del extra_args  # value_fn carries the batch; nothing else enters the step.
-        if value is None:
-            raise missing_value_error("scale_by_newton_root_hutchinson")
         if value_fn is None:
             raise TypeError(
                 "scale_by_newton_root_hutchinson.update needs value_fn=<params -> loss of the current batch> "
@@ -294,25 +337,27 @@ def scale_by_newton_root_hutchinson(
         estimate = hutchinson_diagonal(value_fn, params, probe_key, n_probes)
         first = state.count == 0
         hess_diag = jax.tree.map(
-            lambda old, new: jnp.where(first, new, ema * old + (1 - ema) * new).astype(old.dtype),
+            lambda old, new: _ema_or_first(first, ema, old, jnp.real(new).astype(old.dtype)),
             state.hess_diag,
             estimate,
         )
-        direction = jax.tree.map(lambda g, h: g / (jnp.abs(h) + damping), updates, hess_diag)
-        estimate_ok = jnp.isfinite(optax.tree.sum(hess_diag))
-        new_updates, step, skip = _root_update(
-            updates, direction, value, f_min, max_scale, denominator_eps, variant, estimate_ok
-        )
+        wide = guards.upcast(updates)
+        direction = jax.tree.map(lambda g, h: guards.safe_divide(g, jnp.abs(h) + damping), wide, hess_diag)
+        new_updates, step = _root_step_along(updates, direction, value, f_min, max_scale, denominator_eps, variant)
         new_state = NewtonRootHutchinsonState(
-            count=jnp.where(skip, state.count, optax.safe_increment(state.count)),
+            count=optax.safe_increment(state.count),
             key=jax.random.key_data(key),
-            hess_diag=optax.tree.where(skip, state.hess_diag, hess_diag),
+            hess_diag=hess_diag,
             step_scale=step.astype(state.step_scale.dtype),
-            skipped=state.skipped + skip.astype(jnp.int32),
+            skipped=state.skipped,  # counted by the finiteness guard
         )
         return new_updates, new_state
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return guards.skip_non_finite(
+        optax.GradientTransformationExtraArgs(init_fn, update_fn),
+        "scale_by_newton_root_hutchinson",
+        always_advance=("key",),
+    )
 
 
 def newton_root_adam(
@@ -337,6 +382,7 @@ def newton_root_adam(
       >>> bool(f(optax.apply_updates(p, u)) < loss)
       True
     """
+    guards.check_learning_rate(learning_rate)
     return optax.chain(
         scale_by_newton_root_adam(
             b2=b2, eps=eps, f_min=f_min, max_scale=max_scale, variant=variant, denominator_eps=denominator_eps
@@ -362,6 +408,7 @@ def newton_root_hutchinson(
     ``update`` needs ``params``, ``value=`` and ``value_fn=``. With ``optax.inject_hyperparams``
     pass ``static_args="n_probes"`` (it fixes array shapes).
     """
+    guards.check_learning_rate(learning_rate)
     return optax.chain(
         scale_by_newton_root_hutchinson(
             n_probes=n_probes,

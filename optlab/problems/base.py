@@ -30,13 +30,13 @@ class Problem(NamedTuple):
     Example:
         >>> from optlab.problems import quadratic_1d
         >>> problem = quadratic_1d(a=3.0, x0=10.0)
-        >>> params = problem.init(jax.random.key(0))
+        >>> params = problem.init(None)  # None: the exact start; a key draws one around it
         >>> float(problem.value(params))
         49.0
     """
 
     name: str  # short identifier used in tables and file names
-    init: Callable[[jax.Array], PyTree]  # PRNG key -> initial params
+    init: Callable[[jax.Array | None], PyTree]  # PRNG key -> initial params; None -> the default start
     loss: Callable[[PyTree, Any], jax.Array]  # (params, batch) -> scalar loss; batch is None when data is None
     data: PyTree | None = None  # full data set (arrays with a leading example axis), or None for data-free problems
     metrics: Callable[[PyTree], dict[str, jax.Array]] = no_metrics  # params -> dict of scalar diagnostics

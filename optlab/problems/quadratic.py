@@ -6,8 +6,10 @@
 
 Each coordinate is its own layer with one leaf, ``{"x": {"w": x}, "y": {"w": y}}``, so ``scaling="per_leaf"``
 and ``scaling="per_layer"`` both give ``x`` and ``y`` separate groups, while ``"global"`` shares one step.
-The problems are data-free (``data=None``); the key passed to ``init`` is unused because the start point is
-part of the problem. ``a``, ``b``, ``c`` and the start point may be traced arrays, so a grid can vmap over them.
+The problems are data-free (``data=None``). ``init(None)`` returns the exact start point (the lab note's, e.g.
+``x0 = 10``); ``init(key)`` draws the start around it, ``start + init_scale · N(0, I)``, so seeds of a grid are
+different runs (``init_scale=0`` makes every key give the exact start). ``a``, ``b``, ``c`` and the start point
+may be traced arrays, so a grid can vmap over them.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from optlab.problems.base import Problem, check_positive, float_array
 
@@ -24,14 +27,33 @@ def _coordinate(params: Any, name: str) -> jax.Array:
     return params[name]["w"]
 
 
-def quadratic_1d(a: Any = 3.0, *, x0: Any = 10.0) -> Problem:
+def _check_init_scale(init_scale: Any) -> None:
+    if isinstance(init_scale, jax.core.Tracer):
+        return
+    value = np.asarray(init_scale)
+    if value.ndim or not np.isfinite(value) or value < 0:
+        raise ValueError(f"init_scale must be a finite scalar >= 0 (0: every key gives the exact start), "
+                         f"got {init_scale!r}")
+
+
+def _start(key, start: tuple, init_scale: Any) -> list[jax.Array]:
+    """The exact start when ``key`` is None, else the start plus ``init_scale`` times one standard normal draw."""
+    exact = [float_array(value) for value in start]
+    if key is None:
+        return exact
+    noise = jax.random.normal(key, (len(start),), jnp.result_type(float))
+    return [value + init_scale * noise[i] for i, value in enumerate(exact)]
+
+
+def quadratic_1d(a: Any = 3.0, *, x0: Any = 10.0, init_scale: Any = 1.0) -> Problem:
     """Scalar parabola :math:`f(x) = (x - a)^2` started at ``x0``.
 
     The Newton-root step has ``step_scale = f / g^2 = 1/4`` here, so ``x_n = a + (x0 - a) / 2^n``.
 
     Args:
         a: the minimiser.
-        x0: the start point.
+        x0: the start point: ``init(None)`` returns exactly ``x0``.
+        init_scale: standard deviation of ``init(key)``'s start around ``x0`` (>= 0).
 
     Returns:
         A :class:`Problem` with params ``{"x": {"w": x}}`` and metrics ``x`` and ``x_error = |x - a|``.
@@ -40,11 +62,14 @@ def quadratic_1d(a: Any = 3.0, *, x0: Any = 10.0) -> Problem:
         >>> problem = quadratic_1d(3.0, x0=10.0)
         >>> float(problem.value(problem.init(None)))
         49.0
+        >>> bool(problem.init(jax.random.key(1))["x"]["w"] != problem.init(jax.random.key(2))["x"]["w"])
+        True
     """
+    _check_init_scale(init_scale)
 
     def init(key):
-        del key  # the start point is part of the problem
-        return {"x": {"w": float_array(x0)}}
+        (x,) = _start(key, (x0,), init_scale)
+        return {"x": {"w": x}}
 
     def loss(params, batch):
         del batch  # data-free
@@ -57,7 +82,8 @@ def quadratic_1d(a: Any = 3.0, *, x0: Any = 10.0) -> Problem:
     return Problem("quadratic_1d", init, loss, None, metrics, {"x": {"w": float_array(a)}})
 
 
-def quadratic_2d(a: Any = 1.0, b: Any = 2.0, c: Any = 1.0, *, start: Any = (10.0, 10.0)) -> Problem:
+def quadratic_2d(a: Any = 1.0, b: Any = 2.0, c: Any = 1.0, *, start: Any = (10.0, 10.0),
+                 init_scale: Any = 1.0) -> Problem:
     """Two-coordinate quadratic :math:`f(x, y) = (x - a)^2 + c (y - b)^2` started at ``start = (x0, y0)``.
 
     ``c = 1`` is the symmetric case (one shared step contracts both coordinates by 1/2); ``c >> 1`` makes the
@@ -67,7 +93,8 @@ def quadratic_2d(a: Any = 1.0, b: Any = 2.0, c: Any = 1.0, *, start: Any = (10.0
         a: x of the minimiser.
         b: y of the minimiser.
         c: curvature ratio of y to x (> 0); may be a traced array (a grid axis).
-        start: the start point ``(x0, y0)``.
+        start: the start point ``(x0, y0)``: ``init(None)`` returns exactly this.
+        init_scale: standard deviation of ``init(key)``'s start around ``start``, per coordinate (>= 0).
 
     Returns:
         A :class:`Problem` with params ``{"x": {"w": x}, "y": {"w": y}}`` and metrics ``x``, ``y``,
@@ -81,10 +108,11 @@ def quadratic_2d(a: Any = 1.0, b: Any = 2.0, c: Any = 1.0, *, start: Any = (10.0
     check_positive("c", c)
     if len(start) != 2:
         raise ValueError(f"start must be a pair (x0, y0), got {start!r}")
+    _check_init_scale(init_scale)
 
     def init(key):
-        del key  # the start point is part of the problem
-        return {"x": {"w": float_array(start[0])}, "y": {"w": float_array(start[1])}}
+        x, y = _start(key, tuple(start), init_scale)
+        return {"x": {"w": x}, "y": {"w": y}}
 
     def loss(params, batch):
         del batch  # data-free

@@ -99,6 +99,7 @@ def square_mlp(*, widths: Sequence[int] = (1, 8, 8, 1), n_points: int = 64, x_ma
                               for layer in template.layers])  # ravel order: weight, bias of each layer in turn
 
     def init(key):
+        key = jax.random.key(0) if key is None else key  # None: the default start, like the other problems
         return unravel(jax.random.uniform(key, flat.shape, dtype, -1.0, 1.0) * limits)
 
     def loss(model, batch):

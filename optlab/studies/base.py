@@ -1,7 +1,8 @@
 """What every study returns: sections of claims, tables and figures, plus the raw grid rows.
 
-A study is a function ``run(config, *, progress) -> StudyResult``. The config is a frozen dataclass whose fields
-the CLI may override (``--set k=v``, ``--grid k=v1,v2``, ``--seeds N``, ``--quick``). Studies compute; the report
+A study is a function ``run(config, *, progress, run_dir) -> StudyResult``. The config is a frozen dataclass whose
+fields carry their rules (:mod:`optlab.studies.config`); the CLI may override them (``--config FILE.yaml``,
+``--set k=v``, ``--grid k=v1,v2``, ``--seeds N``, ``--quick``). Studies compute; the report
 module writes files. Nothing here touches the disk.
 """
 
@@ -9,10 +10,17 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Literal
 
-Verdict = Literal["confirmed", "refuted", "partly", "inconclusive"]
-VERDICTS: tuple[str, ...] = ("confirmed", "refuted", "partly", "inconclusive")
+Verdict = Literal["confirmed", "refuted", "partly", "inconclusive", "refuted (inconsistent)", "untestable as stated",
+                  "inconclusive (incomplete)"]
+# The last three are qualified verdicts (DESIGN.md): "refuted (inconsistent)" for a claim whose numbers cannot all
+# be true at once, "untestable as stated" for one that cannot be measured as written, and INCOMPLETE for every claim
+# of an interrupted run: no verdict is computed from cells that never ran, so the report never shows one.
+VERDICTS: tuple[str, ...] = ("confirmed", "refuted", "partly", "inconclusive", "refuted (inconsistent)",
+                             "untestable as stated", "inconclusive (incomplete)")
+INCOMPLETE: Verdict = "inconclusive (incomplete)"
 
 
 @dataclass(frozen=True)
@@ -33,6 +41,14 @@ class Claim:
     def __post_init__(self):
         if self.verdict not in VERDICTS:
             raise ValueError(f"verdict must be one of {VERDICTS}, got {self.verdict!r}")
+
+    def as_incomplete(self) -> "Claim":
+        """This claim as an interrupted run reports it: verdict INCOMPLETE, measured marked as partial.
+
+        Example: ``Claim("1", "c", "x", "0.5", "confirmed").as_incomplete().verdict == "inconclusive (incomplete)"``
+        """
+        measured = self.measured if self.verdict == INCOMPLETE else f"(partial run) {self.measured}"
+        return dataclasses.replace(self, verdict=INCOMPLETE, measured=measured)
 
 
 @dataclass
@@ -71,72 +87,44 @@ class StudyResult:
 
     @property
     def claims(self) -> list[Claim]:
+        """Every claim as the study computed it, section by section."""
         return [c for s in self.sections for c in s.claims]
+
+    @property
+    def reported_claims(self) -> list[Claim]:
+        """The claims as reports show them: all "inconclusive (incomplete)" when the run was interrupted."""
+        return self.claims if self.complete else [c.as_incomplete() for c in self.claims]
+
+    def incomplete_line(self) -> str | None:
+        """``"INCOMPLETE: k of n cells"`` (the first line of an interrupted run's report), None when complete."""
+        if self.complete:
+            return None
+        if self.cells_done is None or self.cells_total is None:
+            return "INCOMPLETE: cell count unknown"
+        return f"INCOMPLETE: {self.cells_done} of {self.cells_total} cells"
 
 
 @dataclass(frozen=True)
 class Study:
-    """A registered study: CLI name, one-line description, config class and the run function."""
+    """A registered study: CLI name, one-line description, config class and the run function.
+
+    ``run(config, *, progress: bool = True, run_dir: Path | None = None) -> StudyResult``; ``run_dir`` is the run
+    folder (``runs/<run>/``) when the CLI runs it, so a study may write ``run_dir / "checkpoints"``.
+    """
 
     name: str
     description: str
     config_cls: type
     run: Callable[..., StudyResult]
 
-    def make_config(self, *, quick: bool = False, overrides: dict[str, str] | None = None,
-                    grid: dict[str, str] | None = None, seeds: int | None = None):
-        """Build the config from CLI strings; unknown keys or unparsable values raise ValueError naming them."""
-        config = self.config_cls.quick() if quick else self.config_cls()
-        changes: dict[str, Any] = {}
-        fields = {f.name: f for f in dataclasses.fields(config)}
-        for kind, items in (("--set", overrides or {}), ("--grid", grid or {})):
-            for key, raw in items.items():
-                if key not in fields:
-                    raise ValueError(f"{kind}: unknown key {key!r} for study {self.name!r}; "
-                                     f"allowed: {', '.join(sorted(fields))}")
-                current = getattr(config, key)
-                if kind == "--grid":
-                    if not isinstance(current, tuple):
-                        raise ValueError(f"--grid: {key!r} is not a grid axis (it holds {current!r}); use --set")
-                    changes[key] = tuple(_parse_like(key, v, current[0] if current else 0.0)
-                                         for v in raw.split(",") if v != "")
-                    if not changes[key]:
-                        raise ValueError(f"--grid: {key!r} needs at least one value")
-                else:
-                    if isinstance(current, tuple):
-                        changes[key] = tuple(_parse_like(key, v, current[0] if current else 0.0)
-                                             for v in raw.split(","))
-                    else:
-                        changes[key] = _parse_like(key, raw, current)
-        if seeds is not None:
-            if "seeds" not in fields:
-                raise ValueError(f"--seeds: study {self.name!r} has no seeds setting")
-            if seeds < 1:
-                raise ValueError(f"--seeds must be >= 1, got {seeds}")
-            changes["seeds"] = seeds
-        config = dataclasses.replace(config, **changes)
-        validate = getattr(config, "validate", None)
-        if validate is not None:
-            validate()
-        return config
+    def make_config(self, *, quick: bool = False, path: str | Path | None = None,
+                    overrides: dict[str, str] | None = None, grid: dict[str, str] | None = None,
+                    seeds: int | None = None):
+        """Build the config from a YAML file and CLI strings (see :func:`optlab.studies.config.load`)."""
+        from optlab.studies import config as _config  # late: config.py is a sibling, keep base importable alone
 
-
-def _parse_like(key: str, raw: str, like: Any) -> Any:
-    """Parse a CLI string to the type of ``like`` (bool, int, float, str)."""
-    try:
-        if isinstance(like, bool):
-            if raw.lower() in ("1", "true", "yes", "on"):
-                return True
-            if raw.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(raw)
-        if isinstance(like, int):
-            return int(raw)
-        if isinstance(like, float):
-            return float(raw)
-        return raw
-    except ValueError:
-        raise ValueError(f"{key}: cannot read {raw!r} as {type(like).__name__}") from None
+        return _config.load(self.config_cls, quick=quick, path=path, overrides=overrides, grid=grid, seeds=seeds,
+                            study=self.name)
 
 
 def verdict_from(holds: bool | None, *, partly: bool = False) -> Verdict:

@@ -9,30 +9,37 @@ Five experiments, each a Section with the note's expectations as claims beside m
 5. an x²-activation MLP: zig-zag of the shared step and of the note's four fix directions against AdamW,
    ``optax.polyak_sgd`` and ``optax.contrib.momo_adam``, over learning rates × seeds.
 
-Experiments 3–5 are ``run_grid`` grids (problem constants and learning rates dynamic, optimizer static); the
-claims are pure functions of the measured traces (:mod:`optlab.studies.newton_root_claims`), the figures are in
-:mod:`optlab.studies.newton_root_figures`.
+Experiments 2–5 are three ``run_grid`` grids (problem constants and learning rates dynamic, optimizer static),
+summarised once by :func:`optlab.studies.summary.summarize_grid`; the claims are pure functions of the measured
+traces (:mod:`optlab.studies.newton_root_claims`), the figures are in :mod:`optlab.studies.newton_root_figures`.
+An interrupted grid (Ctrl-C) ends the study: its finished rows are kept, no later grid runs and no claim is
+computed from a partial grid.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optlab import diagnostics as dg
+from optlab.diagnostics import VERDICTS
 from optlab.engine.grid import run_grid
+from optlab.engine.interrupt import GridInterrupted
 from optlab.engine.loop import fit
 from optlab.optimizers.newton_root import newton_root
 from optlab.optimizers.preconditioned import newton_root_adam, newton_root_hutchinson
 from optlab.problems import linear_regression, quadratic_1d, quadratic_2d, square_mlp
 from optlab.studies import newton_root_claims as nc
 from optlab.studies import newton_root_figures as nf
-from optlab.studies.base import Section, Study, StudyResult, Table
+from optlab.studies import summary as sm
+from optlab.studies.base import Section, Study, StudyResult
+from optlab.studies.config import Settings, setting
 
 # Newton-root variants by name: (scaling, share of the loss gap among groups).
 VARIANTS = {"global": ("global", "full"), "per_leaf_full": ("per_leaf", "full"),
@@ -48,30 +55,41 @@ QUAD_SCALINGS = ("global", "per_leaf_full", "per_leaf_equal")
 LINREG_SCALINGS = ("global", "per_layer_full", "per_leaf_full", "per_leaf_equal")
 A1, A, B = 3.0, 1.0, 2.0  # minimisers: experiment 1 (x - 3)², experiments 2–3 (x - 1)² + c (y - 2)²
 QUAD_FLOOR = 1e-10  # quadratic losses below this share of the initial loss count as converged (float32 noise)
+MLP_LAYERS = 3  # square_mlp is 1→8→8→1
 
 
 @dataclass(frozen=True)
-class NewtonRootConfig:
+class NewtonRootConfig(Settings):
     """Sizes and grid axes of the Newton-root study (tuple fields are ``--grid`` axes)."""
 
-    steps: int = 400  # updates in experiments 1-3 (quadratics)
-    x0: float = 10.0  # experiment 1 start
-    c: float = 100.0  # experiment 3 curvature of the key run (added to the c grid)
-    c_values: tuple[float, ...] = (1.0, 10.0, 100.0, 1000.0)  # experiment 3 grid
-    start_x: tuple[float, ...] = (10.0, -8.0)  # experiment 3 grid; the first (x, y) is the key start
-    start_y: tuple[float, ...] = (10.0, 2.5)
-    linreg_scalings: tuple[str, ...] = LINREG_SCALINGS  # experiment 4
-    linreg_steps: int = 100
-    linreg_n: int = 1000
-    linreg_noise: float = 0.0
-    mlp_steps: int = 500  # experiment 5
-    mlp_points: int = 64
-    mlp_target: str = "sin"  # "sin" or "teacher" (realisable, minimum loss 0)
-    optimizers: tuple[str, ...] = OPTIMIZERS
-    learning_rates: tuple[float, ...] = (0.1, 0.3, 1.0, 2.0)  # multipliers of each optimizer's base rate
-    reference_lr: float = 1.0  # the multiplier the claims of experiment 5 compare at
-    adam_base_lr: float = 0.01  # base rate of adamw and momo_adam (Newton-root and Polyak bases are 1)
-    seeds: int = 8
+    steps: int = setting(400, range=(40, None),
+                         doc="updates in experiments 1-3 (quadratics); >= 40: float32 needs ~25 halvings to part "
+                             "from float64")
+    x0: float = setting(10.0, doc=f"experiment 1 start (not the minimiser {A1:g})")
+    c: float = setting(100.0, range=(0, None), bounds="(]",
+                       doc="experiment 3 curvature of the key run (added to the c grid)")
+    c_values: tuple[float, ...] = setting((1.0, 10.0, 100.0, 1000.0), range=(0, None), bounds="(]",
+                                          doc="experiment 3 grid of curvatures")
+    start_x: tuple[float, ...] = setting((10.0, -8.0), doc="experiment 3 grid; the first (x, y) is the key start")
+    start_y: tuple[float, ...] = setting((10.0, 2.5), doc="experiment 3 grid; as many values as start_x")
+    linreg_scalings: tuple[str, ...] = setting(LINREG_SCALINGS, choices=tuple(VARIANTS),
+                                               doc="experiment 4 Newton-root variants; must include global")
+    linreg_steps: int = setting(100, range=(1, None), doc="experiment 4 steps")
+    linreg_n: int = setting(1000, range=(1, None), doc="experiment 4 data points")
+    linreg_noise: float = setting(0.0, range=(0, None), doc="experiment 4 label noise (standard deviation)")
+    mlp_steps: int = setting(500, range=(1, None), doc="experiment 5 steps")
+    mlp_points: int = setting(64, range=(2, None), doc="experiment 5 training points")
+    mlp_target: str = setting("sin", choices=("sin", "teacher"),
+                              doc="experiment 5 target: sin, or teacher (realisable, minimum loss 0)")
+    optimizers: tuple[str, ...] = setting(OPTIMIZERS, choices=OPTIMIZERS,
+                                          doc="experiment 5 optimizers; must include global")
+    learning_rates: tuple[float, ...] = setting((0.1, 0.3, 1.0, 2.0), range=(0, None), bounds="(]",
+                                                doc="multipliers of each optimizer's base rate")
+    reference_lr: float = setting(1.0, range=(0, None), bounds="(]",
+                                  doc="the multiplier the claims of experiment 5 compare at; one of learning_rates")
+    adam_base_lr: float = setting(0.01, range=(0, None), bounds="(]",
+                                  doc="base rate of adamw and momo_adam (Newton-root and Polyak bases are 1)")
+    seeds: int = setting(8, range=(1, None), doc="seeds per grid cell")
 
     @classmethod
     def quick(cls) -> NewtonRootConfig:
@@ -81,34 +99,18 @@ class NewtonRootConfig:
                    optimizers=("global", "per_leaf_equal", "per_layer_equal", "newton_root_adam",
                                "newton_root_hutchinson", "adamw"))
 
-    def validate(self) -> None:
-        """Raise ValueError naming a bad field."""
-        for name in ("steps", "linreg_steps", "linreg_n", "mlp_steps", "seeds"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.steps < 40:
-            raise ValueError(f"steps must be >= 40 (float32 needs ~25 halvings to part from float64), got {self.steps}")
-        if self.mlp_points < 2:
-            raise ValueError(f"mlp_points must be >= 2, got {self.mlp_points}")
-        bad_scalings = [s for s in self.linreg_scalings if s not in VARIANTS]
-        if bad_scalings or "global" not in self.linreg_scalings:
-            raise ValueError(f"linreg_scalings must include 'global' and come from {tuple(VARIANTS)}, "
-                             f"got {self.linreg_scalings}")
-        bad = [o for o in self.optimizers if o not in OPTIMIZERS]
-        if bad or not self.optimizers or "global" not in self.optimizers:
-            raise ValueError(f"optimizers must include 'global' and come from {OPTIMIZERS}, got {self.optimizers}")
+    def check(self) -> None:
+        """Rules across fields (each field's own range and choices are checked by ``Settings.validate``)."""
+        if "global" not in self.linreg_scalings:
+            raise ValueError(f"linreg_scalings must include 'global' (the baseline), got {self.linreg_scalings}")
+        if "global" not in self.optimizers:
+            raise ValueError(f"optimizers must include 'global' (the baseline), got {self.optimizers}")
         if self.reference_lr not in self.learning_rates:
             raise ValueError(f"reference_lr={self.reference_lr} must be one of learning_rates={self.learning_rates}")
-        for name in ("c", "adam_base_lr"):
-            if not np.isfinite(getattr(self, name)) or getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be finite and > 0, got {getattr(self, name)}")
-        if any(c <= 0 for c in self.c_values) or any(lr <= 0 for lr in self.learning_rates):
-            raise ValueError(f"c_values and learning_rates must be > 0, got {self.c_values}, {self.learning_rates}")
-        if not self.start_x or len(self.start_x) != len(self.start_y) or self.x0 == A1:
-            raise ValueError(f"start_x and start_y need equal non-zero length and x0 != {A1}; "
-                             f"got {self.start_x}, {self.start_y}, x0={self.x0}")
-        if self.mlp_target not in ("sin", "teacher"):
-            raise ValueError(f"mlp_target must be 'sin' or 'teacher', got {self.mlp_target!r}")
+        if len(self.start_x) != len(self.start_y):
+            raise ValueError(f"start_x and start_y need equal length; got {self.start_x}, {self.start_y}")
+        if self.x0 == A1:
+            raise ValueError(f"x0 must differ from the minimiser {A1} (experiment 1 halves the distance), got {self.x0}")
 
 
 def make_optimizer(name: str, learning_rate, *, adam_base_lr: float = 0.01, key=None):
@@ -149,35 +151,11 @@ def make_optimizer(name: str, learning_rate, *, adam_base_lr: float = 0.01, key=
     raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
 
 
-@jax.jit
-def _summaries(loss: jax.Array, floor: jax.Array) -> dict[str, jax.Array]:
-    """Per-run scalars of loss traces (runs, T) with per-run floors (runs,): one compiled call per experiment.
-
-    zig-zag ignores steps at or below the floor; ``steps_to_floor`` is the first step from which the loss stays
-    below the floor (-1: never); ``verdict`` indexes ``optlab.diagnostics.VERDICTS``.
-    """
-    def one(loss, floor):
-        zigzag = dg.zigzag_score(jnp.where(loss > floor, loss, jnp.nan))
-        return {"zigzag": zigzag.up_fraction, "up_over_drop": zigzag.up_over_drop,
-                "verdict": dg.divergence(loss, floor=floor).verdict,
-                "steps_to_floor": dg.starvation(loss[:, None], threshold=floor).settle_step[0]}
-
-    return jax.vmap(one)(loss, floor)
-
-
-def _summarise(grid, *, settle: bool = True):
-    """Add the :func:`_summaries` columns to a grid's outputs (diagnostics run once over all cells)."""
-    summary = _summaries(jnp.asarray(grid.outputs["loss"]), jnp.asarray(grid.outputs.pop("floor")))
-    grid.outputs.update({k: np.asarray(v) for k, v in summary.items() if settle or k != "steps_to_floor"})
-    return grid
-
-
 def _rows(grid, experiment: str) -> list[dict]:
     """The grid's flat rows (axis values and scalar outputs) with the experiment id and the verdict by name."""
-    rows = []
-    for row in grid.to_rows():
-        row["verdict"] = dg.verdict_name(int(row["verdict"]))
-        rows.append({"experiment": experiment, **row})
+    rows = [{"experiment": experiment, **row} for row in grid.to_rows()]
+    for row in rows:
+        row["verdict"] = VERDICTS[int(row["verdict"])]
     return rows
 
 
@@ -192,119 +170,49 @@ def _experiment_1(config: NewtonRootConfig) -> Section:
     with jax.enable_x64(True):
         run64 = run("float64")
     x32, x64, loss32 = run32["metrics/x"], run64["metrics/x"], run32["loss"]
-    floor = QUAD_FLOOR * loss32[0]
-    claims = [nc.claim_halving(x64, x32, A1, config.x0, run64["step_scale"]), nc.claim_monotone("1", loss32, floor),
-              nc.claim_precision(x32, x64, A1)]
-    figure = nf.halving_figure(x32, x64, A1, config.x0)
+    claims = [nc.claim_halving(x64, x32, A1, config.x0, run64["step_scale"]),
+              nc.claim_monotone("1", loss32, QUAD_FLOOR * loss32[0]), nc.claim_precision(x32, x64, A1)]
     return Section("Experiment 1: f(x) = (x - 3)², scalar", nc.TEXT["1"], claims=claims,
-                   figures={"exp1_error_vs_step.png": figure})
+                   figures={"exp1_error_vs_step.png": nf.halving_figure(x32, x64, A1, config.x0)})
 
 
-def _quadratic_grid(config: NewtonRootConfig, progress: bool):
-    c_values = sorted({*config.c_values, 1.0, config.c})
+# ------------------------------------------------------------------------- grids: (cell, axes, seeds, static)
 
+
+def _quadratic_grid(config: NewtonRootConfig):
     def cell(hp, key):
+        del key  # the start point is part of the problem: the note's exact (x0, y0)
         problem = quadratic_2d(A, B, hp["c"], start=(hp["x0"], hp["y0"]))
         scaling, share = VARIANTS[hp["scaling"]]
-        result = fit(problem.loss, problem.init(key), newton_root(1.0, scaling, share=share), steps=config.steps,
+        result = fit(problem.loss, problem.init(None), newton_root(1.0, scaling, share=share), steps=config.steps,
                      metrics_fn=problem.metrics)
         trace, loss = result.trace, result.trace["loss"]
         return {"final_loss": problem.value(result.params), "floor": QUAD_FLOOR * loss[0], "loss": loss,
-                "x": trace["metrics/x"], "y": trace["metrics/y"],
-                "grad_x": trace["metrics/grad_x"], "grad_y": trace["metrics/grad_y"],
+                **{k: trace[f"metrics/{k}"] for k in ("x", "y", "grad_x", "grad_y")},
                 "step_scale": jnp.broadcast_to(trace["step_scale"], (config.steps, 2))}
 
-    axes = {"c": c_values, "scaling": list(QUAD_SCALINGS), "x0": list(config.start_x), "y0": list(config.start_y)}
-    return _summarise(run_grid(cell, axes, seeds=1, static=["scaling"], progress=progress))
+    axes = {"c": sorted({*config.c_values, 1.0, config.c}), "scaling": list(QUAD_SCALINGS),
+            "x0": list(config.start_x), "y0": list(config.start_y)}
+    return cell, axes, 1, ["scaling"]
 
 
-def _cell_trace(grid, name: str, **where) -> np.ndarray:
-    """Output ``name`` of the first cell matching ``where``, as float64."""
-    mask = grid.where(**where)
-    return np.asarray(grid.outputs[name][mask][0], np.float64)
-
-
-def _experiments_2_3(config: NewtonRootConfig, progress: bool) -> tuple[Section, Section, list[dict]]:
-    grid = _quadratic_grid(config, progress)
-    start = {"x0": config.start_x[0], "y0": config.start_y[0]}
-
-    def traces(c, scaling="global"):
-        return {k: _cell_trace(grid, k, c=c, scaling=scaling, **start)
-                for k in ("loss", "x", "y", "grad_x", "grad_y", "step_scale")}
-
-    sym, key = traces(1.0), traces(config.c)
-    start_xy = (config.start_x[0], config.start_y[0])
-    floor = QUAD_FLOOR * sym["loss"][0]
-    claims2 = [nc.claim_rates_half(sym["x"] - A, sym["y"] - B, sym["loss"] > floor),
-               nc.claim_straight_line(sym["x"], sym["y"], start_xy, (A, B), sym["loss"] > floor),
-               nc.claim_monotone("2", sym["loss"], floor)]
-    figures2 = {"exp2_3_trajectories.png": nf.trajectories_figure(
-        {f"c={c:g}": traces(c) for c in (1.0, config.c)}, (A, B), {f"c={c:g}": c for c in (1.0, config.c)})}
-    section2 = Section("Experiment 2: f(x, y) = (x - 1)² + (y - 2)², symmetric", nc.TEXT["2"], claims=claims2,
-                       figures=figures2)
-
-    key_floor = QUAD_FLOOR * key["loss"][0]
-    x_term, y_term = (key["x"] - A) ** 2, config.c * (key["y"] - B) ** 2
-    active = key["loss"] > key_floor
-    claims3 = [nc.claim_starved_rates(key["x"] - A, key["y"] - B, x_term, y_term, config.c),
-               nc.claim_sequential(key["x"] - A, key["y"] - B, config.c),
-               nc.claim_monotone("3", key["loss"], key_floor),
-               nc.claim_start_ratio(key["grad_x"][0], key["grad_y"][0], start_xy, (A, B), config.c),
-               nc.claim_ratio_grows(key["grad_x"], key["grad_y"], active),
-               nc.claim_kink(key["loss"], x_term, y_term, active)]
-    steps_to_floor = {(c, s): int(grid.outputs["steps_to_floor"][grid.where(c=c, scaling=s, **start)][0])
-                      for c in grid.axes["c"] for s in grid.axes["scaling"]}
-    claims3.append(nc.claim_fix_quadratic(steps_to_floor, config.c, config.steps))
-    table = Table("Experiment 3 grid, over start points: steps until the loss stays below 1e-10 × initial "
-                  "(-1: never), zig-zag and verdicts", nc.table_headers(["c", "scaling"], steps_to_floor=True),
-                  nc.grid_table_rows(grid, ["c", "scaling"]))
-    figures3 = {"exp3_grad_ratio.png": nf.grad_ratio_figure(
-                    {f"c={c:g}": traces(c) for c in grid.axes["c"]}, QUAD_FLOOR),
-                "exp3_step_scale.png": nf.step_scale_figure(
-                    {s: traces(config.c, s)["step_scale"] for s in grid.axes["scaling"]}, ["x", "y"],
-                    f"Experiment 3, c={config.c:g}: step per group"),
-                "exp3_loss_by_scaling.png": nf.quad_loss_figure(grid, start, config.c)}
-    section3 = Section(f"Experiment 3: f(x, y) = (x - 1)² + c (y - 2)², asymmetric (key run c = {config.c:g})",
-                       nc.TEXT["3"], tables=[table], figures=figures3, claims=claims3)
-    return section2, section3, _rows(grid, "3")
-
-
-def _experiment_4(config: NewtonRootConfig, progress: bool) -> tuple[Section, list[dict]]:
+def _linreg_grid(config: NewtonRootConfig):
     def cell(hp, key):
         data_key, init_key = jax.random.split(key)
         problem = linear_regression(data_key, n=config.linreg_n, noise=config.linreg_noise)
         scaling, share = VARIANTS[hp["scaling"]]
         result = fit(problem.loss, problem.init(init_key), newton_root(1.0, scaling, share=share),
                      steps=config.linreg_steps, data=problem.data, metrics_fn=problem.metrics)
-        loss = result.trace["loss"]
-        final = problem.metrics(result.params)
+        loss, final = result.trace["loss"], problem.metrics(result.params)
         return {"final_loss": problem.value(result.params), "floor": problem.f_min + QUAD_FLOOR * loss[0],
                 "weight_error_pct": final["weight_error_pct"], "bias_error_pct": final["bias_error_pct"],
                 "loss": loss}
 
-    grid = _summarise(run_grid(cell, {"scaling": list(config.linreg_scalings)}, seeds=config.seeds, static=["scaling"],
-                               progress=progress))
-    stats = {s: {k: grid.outputs[k][grid.where(scaling=s)] for k in ("zigzag", "up_over_drop", "verdict",
-                                                                    "steps_to_floor", "final_loss")}
-             for s in config.linreg_scalings}
-    claims = [nc.claim_linreg_converges(stats["global"]), nc.claim_linreg_mild(stats["global"]),
-              nc.claim_linreg_fix(stats)]
-    extra = ("weight_error_pct", "bias_error_pct")
-    table = Table(f"Experiment 4: over {config.seeds} seeds (data and init drawn per seed)",
-                  nc.table_headers(["scaling"], extra, steps_to_floor=True),
-                  nc.grid_table_rows(grid, ["scaling"], extra))
-    figure = nf.loss_bands_figure({s: grid.outputs["loss"][grid.where(scaling=s)] for s in config.linreg_scalings},
-                                  "Experiment 4: linear regression, loss over seeds")
-    text = (f"Linear regression y = 2x + 1 + {config.linreg_noise:g}·ε, x ~ N(0, 1), {config.linreg_n} points, "
-            f"{config.linreg_steps} steps. " + nc.TEXT["4"])
-    section = Section("Experiment 4: linear network y = w·x + b", text, tables=[table], claims=claims,
-                      figures={"exp4_loss.png": figure})
-    return section, _rows(grid, "4")
+    return cell, {"scaling": list(config.linreg_scalings)}, config.seeds, ["scaling"]
 
 
-def _experiment_5(config: NewtonRootConfig, progress: bool) -> tuple[Section, list[dict]]:
+def _mlp_grid(config: NewtonRootConfig):
     problem = square_mlp(n_points=config.mlp_points, target=config.mlp_target)
-    n_layers = len(problem.init(jax.random.key(0)).layers)
 
     def cell(hp, key):
         init_key, opt_key = jax.random.split(key)
@@ -313,62 +221,157 @@ def _experiment_5(config: NewtonRootConfig, progress: bool) -> tuple[Section, li
         result = fit(problem.loss, problem.init(init_key), optimizer, steps=config.mlp_steps, data=problem.data)
         loss = result.trace["loss"]
         return {"final_loss": problem.value(result.params), "floor": jnp.zeros_like(loss[0]), "loss": loss,
-                "step_scale": _per_layer_steps(result.trace, n_layers, config.mlp_steps)}
+                "initial_loss": loss[0], "step_scale": _per_layer_steps(result.trace, config.mlp_steps)}
 
     axes = {"optimizer": list(config.optimizers), "learning_rate": list(config.learning_rates)}
-    grid = _summarise(run_grid(cell, axes, seeds=config.seeds, static=["optimizer"], progress=progress), settle=False)
-    grid.outputs["initial_loss"] = grid.outputs["loss"][:, 0]
-    at_ref = {o: {k: grid.outputs[k][grid.where(optimizer=o, learning_rate=config.reference_lr)]
-                  for k in ("zigzag", "up_over_drop", "final_loss", "initial_loss", "verdict")}
-              for o in config.optimizers}
+    return cell, axes, config.seeds, ["optimizer"]
+
+
+def _per_layer_steps(trace: dict, steps: int) -> jax.Array:
+    """Step scale per layer (T, layers): a shared step broadcast, per-leaf steps read at each weight leaf."""
+    scale = trace.get("step_scale")
+    groups = None if scale is None else scale.shape[1]
+    if groups == 1:
+        return jnp.broadcast_to(scale, (steps, MLP_LAYERS))
+    if groups == MLP_LAYERS:
+        return scale
+    if groups == 2 * MLP_LAYERS:  # leaves are (weight, bias) per layer
+        return scale[:, ::2]
+    return jnp.full((steps, MLP_LAYERS), jnp.nan)  # no per-group step (adamw, polyak_sgd, ...)
+
+
+# ------------------------------------------------------------------------- sections from finished grids
+
+
+def _sections_2_3(config: NewtonRootConfig, grid) -> list[Section]:
+    start = {"x0": config.start_x[0], "y0": config.start_y[0]}
+    start_xy = (config.start_x[0], config.start_y[0])
+
+    def traces(c, scaling="global"):
+        out = grid.select(c=c, scaling=scaling, **start).outputs
+        return {k: np.asarray(out[k][0], np.float64) for k in ("loss", "x", "y", "grad_x", "grad_y", "step_scale")}
+
+    sym, key = traces(1.0), traces(config.c)
+    active = sym["loss"] > QUAD_FLOOR * sym["loss"][0]
+    claims2 = [nc.claim_rates_half(sym["x"] - A, sym["y"] - B, active),
+               nc.claim_straight_line(sym["x"], sym["y"], start_xy, (A, B), active),
+               nc.claim_monotone("2", sym["loss"], QUAD_FLOOR * sym["loss"][0])]
+    shown = {f"c={c:g}": c for c in (1.0, config.c)}
+    section2 = Section("Experiment 2: f(x, y) = (x - 1)² + (y - 2)², symmetric", nc.TEXT["2"], claims=claims2,
+                       figures={"exp2_3_trajectories.png": nf.trajectories_figure(
+                           {label: traces(c) for label, c in shown.items()}, (A, B), shown)})
+
+    key_floor = QUAD_FLOOR * key["loss"][0]
+    x_term, y_term = (key["x"] - A) ** 2, config.c * (key["y"] - B) ** 2
+    active = key["loss"] > key_floor
+    steps_to_floor = {(c, s): int(grid.select(c=c, scaling=s, **start).outputs["steps_to_floor"][0])
+                      for c in grid.axes["c"] for s in grid.axes["scaling"]}
+    claims3 = [nc.claim_starved_rates(key["x"] - A, key["y"] - B, x_term, y_term, config.c),
+               nc.claim_sequential(key["x"] - A, key["y"] - B, config.c),
+               nc.claim_monotone("3", key["loss"], key_floor),
+               nc.claim_start_ratio(key["grad_x"][0], key["grad_y"][0], start_xy, (A, B), config.c),
+               nc.claim_ratio_grows(key["grad_x"], key["grad_y"], active),
+               nc.claim_kink(key["loss"], x_term, y_term, active),
+               nc.claim_fix_quadratic(steps_to_floor, config.c, config.steps)]
+    table = nc.grid_table(grid, ["c", "scaling"], "Experiment 3 grid, over start points: steps until the loss stays "
+                          f"below {QUAD_FLOOR:g} × initial, zig-zag and verdicts", steps_to_floor=True)
+    figures3 = {"exp3_grad_ratio.png": nf.grad_ratio_figure({f"c={c:g}": traces(c) for c in grid.axes["c"]},
+                                                            QUAD_FLOOR),
+                "exp3_step_scale.png": nf.step_scale_figure(
+                    {s: traces(config.c, s)["step_scale"] for s in grid.axes["scaling"]}, ["x", "y"],
+                    f"Experiment 3, c={config.c:g}: step per group"),
+                "exp3_loss_by_scaling.png": nf.loss_bands_figure(
+                    {s: traces(config.c, s)["loss"] for s in grid.axes["scaling"]},
+                    f"Experiment 3: loss at c = {config.c:g} by scaling", cap=None)}
+    section3 = Section(f"Experiment 3: f(x, y) = (x - 1)² + c (y - 2)², asymmetric (key run c = {config.c:g})",
+                       nc.TEXT["3"], tables=[table], figures=figures3, claims=claims3)
+    return [section2, section3]
+
+
+def _sections_4(config: NewtonRootConfig, grid) -> list[Section]:
+    stats = {s: grid.select(scaling=s).outputs for s in config.linreg_scalings}
+    claims = [nc.claim_linreg_converges(stats["global"]), nc.claim_linreg_mild(stats["global"]),
+              nc.claim_linreg_fix(stats)]
+    table = nc.grid_table(grid, ["scaling"], f"Experiment 4: over {config.seeds} seeds (data and init drawn per "
+                          "seed)", ("weight_error_pct", "bias_error_pct"), steps_to_floor=True)
+    figure = nf.loss_bands_figure({s: out["loss"] for s, out in stats.items()},
+                                  "Experiment 4: linear regression, loss over seeds")
+    text = (f"Linear regression y = 2x + 1 + {config.linreg_noise:g}·ε, x ~ N(0, 1), {config.linreg_n} points, "
+            f"{config.linreg_steps} steps. " + nc.TEXT["4"])
+    return [Section("Experiment 4: linear network y = w·x + b", text, tables=[table], claims=claims,
+                    figures={"exp4_loss.png": figure})]
+
+
+def _sections_5(config: NewtonRootConfig, grid) -> list[Section]:
+    ref = config.reference_lr
+    at_ref = {o: grid.select(optimizer=o, learning_rate=ref).outputs for o in config.optimizers}
     claims = [nc.claim_mlp_zigzag(at_ref), *(nc.claim_fix(name, members, at_ref) for name, members in FIXES.items()),
               nc.claim_adamw_smooth(at_ref)]
-    table = Table(f"Experiment 5: over {config.seeds} seeds, {config.mlp_steps} steps (lr × multiplies the base "
-                  f"rate: 1 for Newton-root and Polyak, {config.adam_base_lr:g} for adamw and momo_adam)",
-                  nc.table_headers(["optimizer", "lr ×"]), nc.grid_table_rows(grid, ["optimizer", "learning_rate"]))
+    table = nc.grid_table(grid, ["optimizer", "learning_rate"], f"Experiment 5: over {config.seeds} seeds, "
+                          f"{config.mlp_steps} steps (learning_rate multiplies the base rate: 1 for Newton-root and "
+                          f"Polyak, {config.adam_base_lr:g} for adamw and momo_adam)")
+    labels = {"xlabel": "learning rate × base", "ylabel": "optimizer", "fmt": "{:.2g}"}
     figures = {"exp5_loss_by_optimizer.png": nf.loss_bands_figure(
-                   {o: grid.outputs["loss"][grid.where(optimizer=o, learning_rate=config.reference_lr)]
-                    for o in config.optimizers}, f"Experiment 5: x² MLP, lr × {config.reference_lr:g}"),
-               "exp5_final_loss_heatmap.png": nf.grid_heatmap(grid, "final_loss", "median final loss", log=True),
-               "exp5_zigzag_heatmap.png": nf.grid_heatmap(grid, "up_over_drop",
-                                                          "zig-zag: median rise/drop (clipped at 1)", clip=1.0),
+                   {o: out["loss"] for o, out in at_ref.items()}, f"Experiment 5: x² MLP, lr × {ref:g}"),
+               "exp5_final_loss_heatmap.png": grid.heatmap("optimizer", "learning_rate", "final_loss",
+                                                           agg="nanmedian", title="median final loss", log=True,
+                                                           **labels),
+               "exp5_zigzag_heatmap.png": grid.heatmap(  # clipped: a blown-up run would wash out the colour scale
+                   "optimizer", "learning_rate", "up_over_drop", agg=lambda v: np.minimum(np.nanmedian(v), 1.0),
+                   title="median rise/drop, clipped at 1", **labels),
                "exp5_step_scale.png": nf.step_scale_figure(
-                   {o: grid.outputs["step_scale"][grid.where(optimizer=o, learning_rate=config.reference_lr)][0]
-                    for o in config.optimizers if o in VARIANTS},
-                   [f"layer {k}" for k in range(n_layers)], "Experiment 5, seed 0: step per layer")}
-    section = Section("Experiment 5: x²-activation MLP (1→8→8→1)",
-                      f"Square-activation MLP 1→8→8→1 fitting the {config.mlp_target} target on "
-                      f"{config.mlp_points} points in [-2, 2]. " + nc.TEXT["5"] + "\n\n" + nc.damping_text(grid, config.reference_lr),
-                      tables=[table],
-                      claims=claims, figures=figures)
-    return section, _rows(grid, "5")
+                   {o: out["step_scale"][0] for o, out in at_ref.items() if o in VARIANTS},
+                   [f"layer {k}" for k in range(MLP_LAYERS)], "Experiment 5, seed 0: step per layer")}
+    text = (f"Square-activation MLP 1→8→8→1 fitting the {config.mlp_target} target on {config.mlp_points} points "
+            f"in [-2, 2]. " + nc.TEXT["5"] + "\n\n" + nc.damping_text(grid, ref))
+    return [Section("Experiment 5: x²-activation MLP (1→8→8→1)", text, tables=[table], claims=claims,
+                    figures=figures)]
 
 
-def _per_layer_steps(trace: dict, n_layers: int, steps: int) -> jax.Array:
-    """Step scale per layer (T, n_layers): a shared step broadcast, per-leaf steps read at each weight leaf."""
-    if "step_scale" not in trace:
-        return jnp.full((steps, n_layers), jnp.nan)
-    scale = trace["step_scale"]
-    groups = scale.shape[1]
-    if groups == 1:
-        return jnp.broadcast_to(scale, (steps, n_layers))
-    if groups == n_layers:
-        return scale
-    if groups == 2 * n_layers:  # leaves are (weight, bias) per layer
-        return scale[:, ::2]
-    return jnp.full((steps, n_layers), jnp.nan)
+# experiment id (of its rows), progress label, its grid, the sections built from the finished grid
+EXPERIMENTS = (("3", "exp 2-3", _quadratic_grid, _sections_2_3), ("4", "exp 4", _linreg_grid, _sections_4),
+               ("5", "exp 5", _mlp_grid, _sections_5))
 
 
-def run(config: NewtonRootConfig, *, progress: bool = True) -> StudyResult:
-    """Run the five experiments of lab note 001 and return their claims, tables, figures and grid rows."""
+def _cells(axes: dict, seeds: int) -> int:
+    return math.prod(len(v) for v in axes.values()) * seeds
+
+
+def run(config: NewtonRootConfig, *, progress: bool = True, run_dir: Path | None = None) -> StudyResult:
+    """Run the five experiments of lab note 001 and return their claims, tables, figures and grid rows.
+
+    If a grid is interrupted (Ctrl-C), no later grid runs: the result has ``complete=False``, the finished cells'
+    rows, ``cells_done`` / ``cells_total`` over the three grids, and no claim of the interrupted or later
+    experiments (none is computed from a partial grid).
+
+    Example: ``result = run(NewtonRootConfig.quick(), progress=False); result.claims[0].verdict``.
+    """
+    del run_dir  # the study writes no checkpoints
     config.validate()
-    section1 = _experiment_1(config)
-    section2, section3, rows3 = _experiments_2_3(config, progress)
-    section4, rows4 = _experiment_4(config, progress)
-    section5, rows5 = _experiment_5(config, progress)
+    grids = [(name, label, *grid(config), sections) for name, label, grid, sections in EXPERIMENTS]
+    total = sum(_cells(axes, seeds) for _, _, _, axes, seeds, _, _ in grids)
+    done, complete, rows = 0, True, []
+    sections = [_experiment_1(config)]
+    for name, label, cell, axes, seeds, static, build in grids:
+        try:
+            grid = run_grid(cell, axes, seeds=seeds, static=static, progress=progress, label=label)
+        except GridInterrupted as stopped:  # an earlier Ctrl-C in this run: the grid did not start
+            grid = stopped.result
+        if len(grid):
+            grid = sm.summarize_grid(grid, floor="floor")
+            if name == "5":  # its floor is 0, which no loss stays below: steps to floor would be -1 everywhere
+                del grid.outputs["steps_to_floor"]
+            rows += _rows(grid, name)
+        done += len(grid)
+        if not grid.complete:
+            complete = False
+            sections.append(Section(f"Experiment {name}: interrupted", f"{len(grid)} of {_cells(axes, seeds)} cells "
+                                    "finished; the claims of this and later experiments are not computed."))
+            break
+        sections += build(config, grid)
     return StudyResult("newton-root", "Newton-root step (lab note 001): starvation, zig-zag and per-group fixes",
-                       dataclasses.asdict(config), [section1, section2, section3, section4, section5],
-                       rows=rows3 + rows4 + rows5)
+                       dataclasses.asdict(config), sections, rows=rows, complete=complete, cells_done=done,
+                       cells_total=total)
 
 
 STUDY = Study("newton-root", "lab note 001: the Newton-root (Polyak) step on quadratics, a linear model and an "

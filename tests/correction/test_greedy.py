@@ -6,21 +6,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from hypothesis import given, settings
+from helpers import scaled_layer
 from hypothesis import strategies as st
 from numpy_greedy import greedy_residual
 
 import optlab
-from optlab.correction.greedy import GramStats, gram_stats
+from optlab.correction.greedy import GramStats, format_trace, gram_stats
 
 N, D_IN, D_OUT = 40, 12, 7
 
 
-def _layer(seed=0, n=N, d_in=D_IN, d_out=D_OUT):
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, d_in)) * rng.uniform(0.3, 3.0, size=d_in)  # uneven feature scales
-    w = rng.normal(size=(d_in, d_out))
-    w_pruned = np.where(np.abs(w) > np.median(np.abs(w)), w, 0.0)
-    return x, w, w_pruned
+def _layer(seed=0):
+    return scaled_layer(seed, N, D_IN, D_OUT)
 
 
 CASES = [
@@ -151,13 +148,27 @@ def test_diminishing_ratio_is_second_half_over_first_half():
     np.testing.assert_allclose(res.diminishing_ratio, imp[h:].mean() / imp[:h].mean(), rtol=1e-5)
 
 
-def test_verbose_prints_the_note_format(capsys):
+def test_format_trace_gives_the_note_lines_for_applied_steps():
     x, w, w_pruned = _layer(8)
-    optlab.greedy_correction(x, w, w_pruned, magnitude=0.5, fraction=0.5, verbose=True)
-    jax.effects_barrier()
-    out = capsys.readouterr().out
-    assert "Position 1/6: j=" in out and "channels=" in out and "linear=" in out and "quad=" in out
-    assert "Diminishing returns: 2nd half avg / 1st half avg =" in out
+    res = optlab.greedy_correction(x, w, w_pruned, magnitude=0.5, fraction=0.5, max_steps=D_IN)
+    lines = format_trace(res)
+    n = int(res.n_applied)
+    assert len(lines) == n + 2 + (float(res.diminishing_ratio) < 0.5)
+    first = int(res.trace.position[0])
+    assert lines[0].startswith(f"Position 1/6: j={first}, channels={int(res.trace.channels[0])}, improvement=")
+    assert f"error={float(res.trace.error[n - 1]):.3e}" in lines[n - 1]
+    assert lines[n] == f"Applied {n}/6 positions"  # K = round(0.5 · 12), not the scan length max_steps
+    assert lines[n + 1] == f"Diminishing returns: 2nd half avg / 1st half avg = {float(res.diminishing_ratio):.3f}"
+
+
+def test_format_trace_rejects_a_vmapped_result_and_verbose_is_refused():
+    x, w, w_pruned = _layer(8)
+    batched = jax.vmap(lambda m: optlab.greedy_correction(x, w, w_pruned, magnitude=m, fraction=0.5))(
+        jnp.array([0.1, 0.2]))
+    with pytest.raises(ValueError, match="one correction"):
+        format_trace(batched)
+    with pytest.raises(TypeError, match="format_trace"):
+        optlab.greedy_correction(x, w, w_pruned, verbose=True)
 
 
 BAD = [
@@ -168,6 +179,7 @@ BAD = [
     (dict(magnitude=-1.0), "magnitude"),
     (dict(fraction=0.0), "fraction"),
     (dict(fraction=1.5), "fraction"),
+    (dict(fraction=0.04), r"fraction · d_in rounds to 0 positions \(fraction=0.04, d_in=12\)"),
     (dict(mode="best"), "mode"),
     (dict(mode="optimal", max_relative=0.0), "max_relative"),
     (dict(x=np.full((N, D_IN), np.nan)), "x must be finite"),
@@ -192,3 +204,21 @@ def test_correct_from_gram_checks_shapes():
         optlab.correct_from_gram(stats.gram, stats.cross.T, w_pruned, n=N, r_sq=stats.r_sq)
     with pytest.raises(ValueError, match="n must be"):
         optlab.correct_from_gram(stats.gram, stats.cross, w_pruned, n=0, r_sq=stats.r_sq)
+
+
+def test_correct_from_gram_rejects_statistics_no_rows_can_give():
+    x, w, w_pruned = _layer()
+    stats = gram_stats(x, w, w_pruned)
+    call = lambda **kw: optlab.correct_from_gram(**{"gram": stats.gram, "cross": stats.cross, "w_pruned": w_pruned,
+                                                    "n": N, "r_sq": stats.r_sq, **kw})
+    assert int(call().n_applied) > 0  # the true statistics pass
+    with pytest.raises(ValueError, match="r_sq must be a scalar >= 0"):
+        call(r_sq=-1.0)
+    with pytest.raises(ValueError, match="cross is inconsistent with gram and r_sq"):
+        call(r_sq=0.01 * stats.r_sq)  # too small an error for these cross terms (Cauchy-Schwarz)
+    with pytest.raises(ValueError, match="cross is inconsistent"):
+        call(cross=stats.cross * 100.0)
+    with pytest.raises(ValueError, match="diagonal >= 0"):
+        call(gram=-stats.gram)
+    with pytest.raises(ValueError, match="fraction · d_in rounds to 0"):
+        call(fraction=0.01)

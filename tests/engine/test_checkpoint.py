@@ -1,6 +1,9 @@
-"""Checkpoints: bit-identical resume, fresh-optimizer resume, listing, and clear errors for bad files."""
+"""Checkpoints: bit-identical resume, fresh-optimizer resume, listing, one run per directory, damaged files skipped
+with a warning, and clear errors for bad files. (SIGKILL during saves: test_checkpoint_kill.py.)"""
 
 import json
+import threading
+import warnings
 
 import chex
 import jax
@@ -8,16 +11,24 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from optlab.engine import EarlyStop, fit, schedules
+
 from optlab.engine.checkpoint import (
     CheckpointError,
+    CheckpointWarning,
     TrainState,
     best_checkpoint,
+    checkpoint_path,
+    latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
     read_meta,
     save_checkpoint,
+    start_run,
+    verify_checkpoint,
 )
 
 X = jnp.linspace(-1.0, 1.0, 16).reshape(8, 2)
@@ -48,7 +59,7 @@ def test_resume_is_bit_identical(tmp_path):
     uninterrupted = shuffled_run(20)
     interrupted = shuffled_run(12, checkpoint_every=4, checkpoint_dir=tmp_path)
     assert [p.name for p in list_checkpoints(tmp_path)] == [f"checkpoint_{s:06d}.eqx" for s in (4, 8, 12)]
-    assert (tmp_path / "checkpoint_000008.json").is_file()
+    assert not list(tmp_path.glob("*.json"))  # one file per checkpoint: nothing to get out of step
     chex.assert_trees_all_equal(interrupted.trace, jax.tree.map(lambda r: r[:6], uninterrupted.trace))
     # Resume from before the last checkpoint, checkpointing again: chunks stay aligned to multiples of 4.
     resumed = shuffled_run(20, resume_from=tmp_path / "checkpoint_000008.eqx", checkpoint_every=4,
@@ -131,7 +142,8 @@ def _saved(tmp_path):
 
 def test_save_load_roundtrip(tmp_path):
     path, state, trace = _saved(tmp_path)
-    assert path.name == "checkpoint_000006.eqx" and not list(tmp_path.glob(".*"))  # no temp files left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".checkpoints.lock", ".checkpoints.run",
+                                                          "checkpoint_000006.eqx"]  # no temp files left
     loaded = load_checkpoint(path, state)
     chex.assert_trees_all_equal(jax.random.key_data(loaded.state.key), jax.random.key_data(state.key))
     chex.assert_trees_all_equal(loaded.state._replace(key=None), state._replace(key=None))
@@ -144,12 +156,14 @@ def test_save_load_roundtrip(tmp_path):
     ("damage", "match"),
     [
         (lambda p: p.write_bytes(p.read_bytes()[:-7]), "truncated"),
-        (lambda p: p.write_bytes(p.read_bytes()[:40] + b"\x00" + p.read_bytes()[41:]), "corrupted"),
+        (lambda p: p.write_bytes(p.read_bytes()[:-40] + b"\x00" + p.read_bytes()[-39:]), "file is corrupted"),
+        (lambda p: p.write_bytes(p.read_bytes()[:60] + b"\x00" + p.read_bytes()[61:]), "header is corrupted"),
+        (lambda p: p.write_bytes(p.read_bytes() + b"\x00"), "extra bytes"),
         (lambda p: p.unlink(), "missing"),
-        (lambda p: p.with_suffix(".json").unlink(), "missing"),
-        (lambda p: p.with_suffix(".json").write_text("{"), "sidecar is corrupt"),
+        (lambda p: p.write_bytes(b""), "truncated"),
+        (lambda p: p.write_bytes(b"\x93NUMPY" + bytes(60)), "not an optlab checkpoint"),
     ],
-    ids=["truncated", "bit-flip", "no-eqx", "no-json", "bad-json"],
+    ids=["truncated", "payload-bit-flip", "header-bit-flip", "extra-bytes", "missing", "empty", "foreign"],
 )
 def test_damaged_checkpoint_names_file_and_reason(tmp_path, damage, match):
     path, state, _ = _saved(tmp_path)
@@ -180,7 +194,6 @@ def test_fit_reports_bad_resume(tmp_path):
     path.write_bytes(path.read_bytes()[:-1])
     with pytest.raises(CheckpointError, match="checkpoint_000004.eqx.*truncated"):
         fit(mse, PARAMS, optax.sgd(0.1), steps=8, data=DATA, log_every=2, resume_from=path)
-    assert json.loads(path.with_suffix(".json").read_text())["step"] == 4
 
 
 def test_checkpointing_inside_vmap_raises(tmp_path):
@@ -193,3 +206,156 @@ def test_best_checkpoint_of_empty_dir_raises(tmp_path):
     assert list_checkpoints(tmp_path / "none") == []
     with pytest.raises(CheckpointError, match="no checkpoint"):
         best_checkpoint(tmp_path)
+
+
+def _state(params, step=6):
+    return TrainState(
+        step=jnp.array(step, jnp.int32), params=params, opt_state=optax.adam(0.1).init(params), key=jax.random.key(7),
+        best_params=params, best_loss=jnp.array(0.5), best_step=jnp.array(4, jnp.int32), wait=jnp.array(0, jnp.int32),
+        stopped_at=jnp.array(-1, jnp.int32), skipped=jnp.array(0, jnp.int32),
+    )
+
+
+def _save_losses(directory, losses, run_id="run-a"):
+    params = {"w": jnp.zeros(2)}
+    return [save_checkpoint(checkpoint_path(directory, step), _state(params, step), loss=loss, run_id=run_id)
+            for step, loss in losses.items()]
+
+
+def _flip_payload(path):
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_complex64_leaves_round_trip(tmp_path):
+    params = {"z": jnp.array([1 + 2j, -3.5 + 0.25j], jnp.complex64), "r": jnp.ones(2, jnp.float32)}
+    state = _state(params)
+    path = save_checkpoint(tmp_path / "checkpoint_000006", state, {"loss": jnp.arange(3.0)}, loss=0.1)
+    loaded = load_checkpoint(path, state)
+    assert loaded.state.params["z"].dtype == jnp.complex64 and loaded.state.opt_state[0].mu["z"].dtype == jnp.complex64
+    chex.assert_trees_all_equal(loaded.state._replace(key=None), state._replace(key=None))
+    assert any(path.endswith("['z']") and dtype == "complex64" for path, _, dtype in read_meta(path)["layout"]["state"])
+
+
+@settings(max_examples=40, deadline=None)
+@given(position=st.floats(0.0, 1.0, exclude_max=True), byte=st.integers(1, 255))
+def test_any_changed_byte_is_detected(tmp_path_factory, position, byte):
+    path, state, _ = _saved(tmp_path_factory.mktemp("flip"))
+    data = bytearray(path.read_bytes())
+    data[int(position * len(data))] ^= byte
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="checkpoint_000006.eqx cannot be loaded"):
+        load_checkpoint(path, state)
+    with pytest.warns(CheckpointWarning, match="checkpoint_000006.eqx"):
+        assert list_checkpoints(path.parent) == []
+
+
+def test_best_and_latest_skip_damaged_with_a_warning(tmp_path):
+    paths = _save_losses(tmp_path, {3: 0.3, 6: 0.1, 9: 0.2, 12: 0.4})
+    _flip_payload(paths[1])  # the lowest loss: its header still reads, only the full check catches it
+    paths[3].write_bytes(paths[3].read_bytes()[:-3])  # the newest: truncated
+    with pytest.warns(CheckpointWarning, match=r"checkpoint_000006.eqx \(file is corrupted"):
+        assert best_checkpoint(tmp_path) == paths[2]
+    with pytest.warns(CheckpointWarning, match=r"2 damaged.*000006.eqx.*checkpoint_000012.eqx \(file is truncated"):
+        assert list_checkpoints(tmp_path) == [paths[0], paths[2]]
+    with pytest.warns(CheckpointWarning, match="checkpoint_000012.eqx"):
+        assert latest_checkpoint(tmp_path) == paths[2]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert list_checkpoints(tmp_path / "absent") == []
+    for path in paths:
+        path.write_bytes(b"")
+    with pytest.warns(CheckpointWarning), pytest.raises(CheckpointError, match="no checkpoint in .* is intact"):
+        best_checkpoint(tmp_path)
+
+
+def test_a_directory_belongs_to_one_run(tmp_path):
+    _save_losses(tmp_path, {2: 0.5, 4: 0.4}, run_id="run-a")
+    with pytest.raises(CheckpointError, match=r"holds checkpoints of another run \(run run-a: checkpoint_000002.eqx, "
+                                              r"checkpoint_000004.eqx\); this run is run-b.*overwrite=True"):
+        _save_losses(tmp_path, {2: 0.1}, run_id="run-b")
+    with pytest.raises(CheckpointError, match="another run"):
+        start_run(tmp_path)
+    assert start_run(tmp_path, resume_from=tmp_path / "checkpoint_000004.eqx") == "run-a"  # a resume continues it
+    assert start_run(tmp_path, overwrite=True) != "run-a"
+    assert [read_meta(p)["loss"] for p in list_checkpoints(tmp_path)] == [0.5, 0.4]  # nothing was touched
+    _save_losses(tmp_path, {6: 0.3})  # the same run adds and overwrites its own
+    save_checkpoint(checkpoint_path(tmp_path, 8), _state({"w": jnp.zeros(2)}, 8), loss=0.2)  # no id: joins run-a
+    assert {read_meta(p)["run_id"] for p in list_checkpoints(tmp_path)} == {"run-a"}
+    save_checkpoint(checkpoint_path(tmp_path, 2), _state({"w": jnp.zeros(2)}, 2), loss=0.1, run_id="run-b",
+                    overwrite=True)
+    remaining = [(p.name, read_meta(p)["run_id"]) for p in list_checkpoints(tmp_path)]
+    assert remaining == [("checkpoint_000002.eqx", "run-b")]
+    for path in list_checkpoints(tmp_path):  # a directory emptied by hand is free again
+        path.unlink()
+    _save_losses(tmp_path, {2: 0.1}, run_id="run-c")
+
+
+def test_fit_refuses_another_runs_directory(tmp_path):
+    fit(mse, PARAMS, optax.sgd(0.1), steps=4, data=DATA, checkpoint_every=2, checkpoint_dir=tmp_path)
+    with pytest.raises(CheckpointError, match="another run.*overwrite_checkpoints=True"):
+        fit(mse, PARAMS, optax.adam(0.1), steps=2, data=DATA, checkpoint_every=2, checkpoint_dir=tmp_path)
+    fit(mse, PARAMS, optax.adam(0.1), steps=2, data=DATA, checkpoint_every=2, checkpoint_dir=tmp_path,
+        overwrite_checkpoints=True)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint_000002.eqx"]  # run 1's step 4 is gone
+    assert "mu" in str(read_meta(tmp_path / "checkpoint_000002.eqx")["layout"]["opt_state"])  # adam's, not sgd's
+
+
+def test_threads_of_two_runs_never_mix(tmp_path):
+    barrier, errors = threading.Barrier(4), []
+
+    def writer(run_id, steps):
+        barrier.wait()
+        try:
+            _save_losses(tmp_path, {s: s / 10 for s in steps}, run_id=run_id)
+        except CheckpointError as err:
+            errors.append((run_id, str(err)))
+
+    threads = [threading.Thread(target=writer, args=args) for args in
+               (("run-a", (1, 2, 3)), ("run-b", (1, 2, 3)), ("run-a", (4, 5, 6)), ("run-b", (4, 5, 6)))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CheckpointWarning)
+        owners = {read_meta(p)["run_id"] for p in list_checkpoints(tmp_path)}
+    assert len(owners) == 1 and {run for run, _ in errors} == {"run-a", "run-b"} - owners
+    assert len(list_checkpoints(tmp_path)) in (3, 6) and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_stale_temp_files_are_removed_by_the_next_save(tmp_path):
+    stale = tmp_path / ".checkpoint_000004.eqx.k1ll3d.tmp"
+    other = tmp_path / ".report.md.x.tmp"  # not a checkpoint's: left alone
+    stale.write_bytes(b"half a checkpoint")
+    other.write_bytes(b"")
+    assert list_checkpoints(tmp_path) == []  # never listed
+    _save_losses(tmp_path, {2: 0.5})
+    assert not stale.exists() and other.exists()
+
+
+def test_old_two_file_checkpoint_names_the_file(tmp_path):
+    path = tmp_path / "checkpoint_000004.eqx"
+    path.write_bytes(b"\x93NUMPY\x01\x00" + bytes(100))
+    path.with_suffix(".json").write_text(json.dumps({"format": 1, "step": 4}))
+    with pytest.raises(CheckpointError, match="checkpoint_000004.eqx.*old two-file format"):
+        load_checkpoint(path, _state({"w": jnp.zeros(2)}))
+    with pytest.warns(CheckpointWarning, match="checkpoint_000004.eqx .*old two-file format"):
+        assert list_checkpoints(tmp_path) == []
+    with pytest.raises(CheckpointError, match="run format 1: checkpoint_000004.eqx"):
+        _save_losses(tmp_path, {2: 0.5})
+
+
+def test_bad_arguments_are_refused(tmp_path):
+    state = _state({"w": jnp.zeros(2)})
+    with pytest.raises(ValueError, match="run_id must be"):
+        save_checkpoint(tmp_path / "c", state, run_id="../x")
+    with pytest.raises(TypeError, match="overwrite must be True or False"):
+        save_checkpoint(tmp_path / "c", state, overwrite="yes")
+    with pytest.raises(TypeError, match="state must be a TrainState"):
+        save_checkpoint(tmp_path / "c", {"w": 1})
+    with pytest.raises(ValueError, match="not traced"):
+        jax.jit(lambda s: save_checkpoint(tmp_path / "c", s) and 0)(state)
+    assert not tmp_path.exists() or not list(tmp_path.iterdir())  # refused before any file was touched
+    assert verify_checkpoint(save_checkpoint(tmp_path / "c", state))["step"] == 6

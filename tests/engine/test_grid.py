@@ -183,8 +183,11 @@ def test_interrupted_grid_returns_finished_chunks():
     assert res.aggregate()[0]["n_cells"] == 2
 
 
-def test_progress_bar_is_silent_without_a_terminal(capsys):
-    run_grid(table, {"a": [1.0], "b": [2.0]}, progress=True)
+def test_progress_without_a_terminal_is_one_plain_line(capsys):
+    run_grid(table, {"a": [1.0], "b": [2.0]}, seeds=3, progress=True, label="exp 1")
+    err = capsys.readouterr().err
+    assert err.startswith("exp 1: 1 a × 1 b × 3 seed = 3 cells, ") and err.count("\n") == 1 and "\r" not in err
+    run_grid(table, {"a": [1.0], "b": [2.0]}, progress=False)
     assert capsys.readouterr().err == ""
 
 
@@ -243,3 +246,15 @@ def test_grid_of_fit_equals_separate_fits():
     for i, cell in enumerate(res.cells):
         alone = single({"lr": jnp.asarray(cell["lr"])}, jax.random.key(cell["seed"]))
         chex.assert_trees_all_close({k: v[i] for k, v in res.outputs.items()}, alone, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("value", [2**40, -(2**31) - 1])
+def test_integer_axis_value_beyond_int32_raises(value):
+    # Without x64 the axis array is int32: 2**40 would silently become 0.
+    with pytest.raises(ValueError, match="does not fit int32"):
+        run_grid(lambda hp, key: {"n": hp["n"]}, {"n": [1, value]}, progress=False)
+
+
+def test_float_axis_value_beyond_float32_raises():
+    with pytest.raises(ValueError, match="overflows float32"):
+        run_grid(lambda hp, key: {"x": hp["x"]}, {"x": [1.0, 1e39]}, progress=False)

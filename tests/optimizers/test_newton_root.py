@@ -228,11 +228,28 @@ def test_missing_value_raises_type_error_naming_value():
         opt.update(params, opt.init(params), params)
 
 
-def test_clip_then_newton_root_in_a_chain():
-    grads = {"w": jnp.array([3.0, 4.0])}  # norm 5, clipped to 1
-    chained, _ = one_update(optax.chain(optax.clip_by_global_norm(1.0), newton_root(0.5)), grads, 2.0)
-    # gap 2 over |clipped g|^2 = 1, times -lr along the clipped gradient.
-    chex.assert_trees_all_close(chained, {"w": -0.5 * 2.0 * jnp.array([0.6, 0.8])})
+def test_clip_before_the_step_lengthens_it_clip_after_or_max_scale_bounds_it():
+    grads = {"w": jnp.array([3.0, 4.0])}  # norm 5
+    for c in (1.0, 0.1, 0.01):
+        # The trap: the scale gap / ||clipped g||² = gap / c² times a direction of norm c: norm gap / c.
+        before, _ = one_update(optax.chain(optax.clip_by_global_norm(c), newton_root(0.5)), grads, 2.0)
+        np.testing.assert_allclose(optax.tree.norm(before), 0.5 * 2.0 / c, rtol=1e-5)
+        chex.assert_trees_all_close(before, {"w": -0.5 * 2.0 / c * jnp.array([0.6, 0.8])}, rtol=1e-5)
+        # Clipping the update after the step bounds it by c.
+        after, _ = one_update(optax.chain(newton_root(0.5), optax.clip_by_global_norm(c)), grads, 2.0)
+        np.testing.assert_allclose(optax.tree.norm(after), min(c, 0.5 * 2.0 / 5.0), rtol=1e-5)
+    # On L = x² from x = 10 with c = 1: x <- x - x²/c diverges; the safe compositions converge.
+    square = lambda x: x**2
+    x0 = jnp.array(10.0)
+    trap, _ = run(optax.chain(optax.clip_by_global_norm(1.0), newton_root(1.0)), square, x0, 6)
+    assert not np.isfinite(square(trap[-1])) or float(square(trap[-1])) > 1e30
+    for safe in (
+        optax.chain(newton_root(1.0), optax.clip_by_global_norm(1.0)),
+        newton_root(1.0, max_scale=0.1),
+    ):
+        trajectory, _ = run(safe, square, x0, 60)
+        assert float(square(trajectory[-1])) < 1e-6
+        assert np.all(np.abs(np.diff(np.asarray(trajectory))) <= 2.0 + 1e-6)  # no step longer than its bound
 
 
 def test_inject_hyperparams_and_schedules():
