@@ -13,7 +13,7 @@ import optax
 
 import optlab
 from optlab.studies import Claim, Section, Study, StudyResult
-from optlab.studies.base import verdict_from
+from optlab.studies import summary
 from optlab.studies.config import Settings, setting, to_dict
 
 
@@ -42,7 +42,7 @@ def run(config: SgdConfig, *, progress: bool = True, run_dir=None) -> StudyResul
     edge = 2.0 / config.curvature
     holds = all((r["ratio"] < 1) == (r["learning_rates"] < edge) for r in rows)
     claim = Claim("1", "GD converges iff lr < 2/h", f"edge at lr = {edge:g}",
-                  f"{sum(r['ratio'] < 1 for r in rows)} of {len(rows)} runs shrank the loss", verdict_from(holds))
+                  f"{sum(r['ratio'] < 1 for r in rows)} of {len(rows)} runs shrank the loss", summary.check(holds))
     return StudyResult("my-sgd", "My note: the 2/h edge of gradient descent", to_dict(config),
                        [Section("Stability edge", claims=[claim])], rows=rows, complete=grid.complete,
                        cells_done=len(grid), cells_total=len(config.learning_rates) * config.seeds)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from optlab import plot
-from optlab.studies import base
+from optlab.studies import base, summary
 from optlab.studies import config as cfg
 
 
@@ -36,7 +36,7 @@ def _tiny_run(config: TinyConfig, *, progress: bool = True, run_dir=None) -> bas
     fig, ax = plot.new_figure()
     plot.loss_band(ax, np.stack([losses, losses * 1.1]), label="tiny")
     claim = base.Claim("1", "loss halves each step", "rate 0.5", f"rate {config.rate:.3g}",
-                       base.verdict_from(abs(config.rate - 0.5) < 1e-9), detail="closed form")
+                       summary.check(abs(config.rate - 0.5) < 1e-9), detail="closed form")
     section = base.Section("Experiment 1", text="A geometric trace.", claims=[claim],
                            tables=[base.Table("losses", ["step", "loss"], [[k, v] for k, v in enumerate(losses)])],
                            figures={"tiny_loss.png": fig, "tiny_heat.png": plot.heatmap(

@@ -126,11 +126,3 @@ class Study:
         return _config.load(self.config_cls, quick=quick, path=path, overrides=overrides, grid=grid, seeds=seeds,
                             study=self.name)
 
-
-def verdict_from(holds: bool | None, *, partly: bool = False) -> Verdict:
-    """Map a measured test to a verdict: True → confirmed, False → refuted (or partly), None → inconclusive."""
-    if holds is None:
-        return "inconclusive"
-    if holds:
-        return "confirmed"
-    return "partly" if partly else "refuted"

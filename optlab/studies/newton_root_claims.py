@@ -184,7 +184,7 @@ def claim_sequential(ex, ey, c: float) -> Claim:
     claim = f"x settles ~c = {c:g} times later than y"
     if sx < 0 or sy <= 0:
         return Claim("3", claim, "x converges 100x slower than y",
-                     f"settle steps x {sx}, y {sy} (-1: not within the run)", "inconclusive")
+                     f"settle steps x {sx if sx >= 0 else 'never'}, y {sy if sy >= 0 else 'never'}", "inconclusive")
     rule = sm.Threshold(c / 2, partly=2.0, name="settle-step ratio x/y")
     return Claim("3", claim, "x converges 100x slower than y",
                  f"errors stay below 1e-5 × start from step {sx} (x) and {sy} (y): ×{sx / sy:.2g}", rule(sx / sy),
@@ -251,9 +251,12 @@ def claim_fix_quadratic(steps_to_floor: dict, c: float, total: int) -> Claim:
     fixes = {s: steps_to_floor[(c, s)] for s in ("per_leaf_full", "per_leaf_equal") if (c, s) in steps_to_floor}
     best = min(fixes, key=lambda s: cost(fixes[s]))
     rule = sm.Threshold(FIX_SPEEDUP, partly=1.0, partly_op=">", name="speed-up of the better per-leaf variant")
-    listed = ", ".join(f"{s} {n}" for s, n in fixes.items())
+    def steps(n):
+        return f"never within {total}" if n < 0 else str(n)
+
+    listed = ", ".join(f"{s} {steps(n)}" for s, n in fixes.items())
     return Claim("3", f"per-leaf steps remove the starvation (c = {c:g})", "fix 1: per-parameter scaling",
-                 f"steps to floor: global {shared}, {listed} (-1: not within {total})",
+                 f"steps to floor: global {steps(shared)}, {listed}",
                  rule(cost(shared) / cost(fixes[best])), rule.describe() + " (a run that never reaches it costs "
                  f"{total + 1} steps)")
 

@@ -58,16 +58,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from optlab import diagnostics as dg
-from optlab.studies.base import VERDICTS as CLAIM_VERDICTS
 from optlab.studies.base import Claim, Table
 
 PAIRED_Z = 2.0  # a paired mean difference counts when it is more than this many standard errors from 0
 MIN_PAIRS = 2  # a paired rule needs at least this many finite pairs (one seed has no standard error)
 CONSISTENCY_RTOL = 0.05  # two claimed values of one quantity agree within this relative difference
-INCONSISTENT = "refuted (inconsistent)"
+INCONSISTENT = "refuted (inconsistent)"  # qualified verdicts of optlab.studies.base.VERDICTS
 UNTESTABLE = "untestable as stated"
-# Claim verdicts are base.VERDICTS; "untestable as stated" is reported as inconclusive unless base grows the value.
-_UNTESTABLE_VERDICT = "untestable" if "untestable" in CLAIM_VERDICTS else "inconclusive"
 
 SUMMARY_FIELDS = ("verdict", "onset_step", "best_step", "best_loss", "final_best_ratio", "zigzag", "up_over_drop",
                   "steps_to_floor", "rate")
@@ -418,19 +415,16 @@ def inconsistency(claimed: Mapping[str, Sequence[float]], rtol: float = CONSISTE
 
 
 def inconsistent(experiment: str, claim: str, claimed: str, arithmetic: str, detail: str = "") -> Claim:
-    """A claim whose numbers cannot all be true at once: verdict refuted, measured ``"refuted (inconsistent): …"``.
+    """A claim whose numbers cannot all be true at once: verdict ``"refuted (inconsistent)"``, the arithmetic as measured.
 
     Example: ``inconsistent("grid", "0.01 beats 0.02", note_text, inconsistency(stated))``.
     """
-    return Claim(experiment, claim, claimed, f"{INCONSISTENT}: {arithmetic}", "refuted", detail)
+    return Claim(experiment, claim, claimed, arithmetic, INCONSISTENT, detail)
 
 
 def untestable(experiment: str, claim: str, claimed: str, reason: str, detail: str = "") -> Claim:
-    """A claim that cannot be measured as stated: measured ``"untestable as stated: <reason>"``.
-
-    Its verdict is ``"untestable"`` if :data:`optlab.studies.base.VERDICTS` has that value, else inconclusive.
-    """
-    return Claim(experiment, claim, claimed, f"{UNTESTABLE}: {reason}", _UNTESTABLE_VERDICT, detail)
+    """A claim that cannot be measured as stated: verdict ``"untestable as stated"``, the reason as measured."""
+    return Claim(experiment, claim, claimed, reason, UNTESTABLE, detail)
 
 
 __all__ = ["CONSISTENCY_RTOL", "FORMATS", "INCONSISTENT", "MIN_PAIRS", "PAIRED_Z", "SUMMARY_FIELDS", "UNTESTABLE",
