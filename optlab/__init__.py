@@ -1,6 +1,6 @@
 """optlab: when does simple optimisation math stop working? Optax transformations, pure problems, vmapped grids."""
 
-from optlab import diagnostics
+from optlab import ablation, diagnostics
 from optlab.correction.greedy import CorrectionResult, correct_from_gram, greedy_correction
 from optlab.engine.grid import GridResult, run_grid
 from optlab.engine.loop import EarlyStop, FitResult, fit
@@ -15,6 +15,7 @@ __all__ = [
     "FitResult",
     "GridResult",
     "NewtonRootState",
+    "ablation",
     "correct_from_gram",
     "diagnostics",
     "fit",

@@ -234,5 +234,122 @@ def mark_step(ax, step: float, label: str, *, color: str = "red"):
         ax.axvline(step, color=color, linestyle="--", linewidth=1, label=label)
 
 
-__all__ = ["annotate_legends", "heatmap", "legend", "line_colors", "loss_band", "loss_bands", "mark_step",
-           "new_figure", "plt"]
+def shapley_bars(rows: Sequence[Mapping], *, title: str = "", xlabel: str = "Shapley value") -> Figure:
+    """Horizontal bars of Shapley values (``optlab.ablation.Ablation.shapley`` rows) with their CI as error bars.
+
+    Bars keep the rows' order top to bottom; a row whose ``lo`` / ``hi`` is NaN gets no error bar (no interval was
+    computed), never a zero-width one. A zero line marks "no effect". Each bar is labelled with its value and, where
+    finite, its share of full − baseline.
+
+    Example: ``shapley_bars(res.shapley("loss"), title="final loss")``.
+    """
+    rows = list(rows)
+    if not rows or any(not isinstance(r, Mapping) or not {"switch", "shapley"} <= set(r) for r in rows):
+        raise ValueError("rows must be a non-empty list of dicts with 'switch' and 'shapley' (Ablation.shapley rows)")
+    names = [str(r["switch"]) for r in rows]
+    values = np.asarray([r["shapley"] for r in rows], dtype=float)
+    lo = np.asarray([r.get("lo", np.nan) for r in rows], dtype=float)
+    hi = np.asarray([r.get("hi", np.nan) for r in rows], dtype=float)
+    fig, ax = new_figure(width=7.0, height=max(2.5, 0.8 + 0.45 * len(rows)))
+    y = np.arange(len(rows))
+    colours = np.where(values < 0, "C0", "C3")
+    ax.barh(y, np.nan_to_num(values), color=colours)
+    has_ci = np.isfinite(lo) & np.isfinite(hi)
+    if has_ci.any():  # asymmetric bootstrap interval around each value
+        err = np.stack([values - lo, hi - values])[:, has_ci]
+        ax.errorbar(values[has_ci], y[has_ci], xerr=np.maximum(err, 0), fmt="none", ecolor="black", capsize=3)
+    ax.axvline(0.0, color="grey", linewidth=0.8)
+    for yi, r, value in zip(y, rows, values):
+        share = r.get("share", np.nan)
+        text = f"{value:.3g}" + (f" ({share:.0%})" if share is not None and np.isfinite(share) else "")
+        ax.annotate(text, (value if np.isfinite(value) else 0.0, yi), xytext=(4 if value >= 0 else -4, 0),
+                    textcoords="offset points", ha="left" if value >= 0 else "right", va="center", fontsize=8)
+    ax.set_yticks(y, names)
+    ax.invert_yaxis()  # first switch on top, as in the table
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    ax.margins(x=0.25)
+    return fig
+
+
+def interaction_heatmap(matrix, names: Sequence[str], *, title: str = "", fmt: str = "{:.2g}",
+                        cmap: str = "RdBu_r") -> Figure:
+    """The (k, k) pairwise interaction matrix (``Ablation.interactions``) on a colour scale centred at zero.
+
+    The scale is symmetric (±max |off-diagonal|) so white means "the two switches add"; the diagonal holds the
+    Shapley values, written in each cell but left out of the colour scale (it would drown the interactions) and
+    drawn hatched. Grey cells are NaN.
+
+    Example: ``interaction_heatmap(res.interactions("loss"), res.names, title="loss interactions")``.
+    """
+    matrix = np.asarray(matrix, dtype=float)
+    names = [str(n) for n in names]
+    if matrix.ndim != 2 or matrix.shape != (len(names), len(names)):
+        raise ValueError(f"matrix must be (k, k) with k = len(names) = {len(names)}, got shape {matrix.shape}")
+    from matplotlib.patches import Rectangle  # only this figure draws patches
+
+    k = len(names)
+    fig, ax = new_figure(width=max(4.0, 1.5 + 0.8 * k), height=max(3.0, 1.0 + 0.7 * k))
+    off = ~np.eye(k, dtype=bool) & np.isfinite(matrix)
+    bound = float(np.abs(matrix[off]).max()) if off.any() else 0.0
+    norm = mcolors.Normalize(-bound, bound) if bound > 0 else mcolors.Normalize(-1.0, 1.0)
+    shown = np.where(np.eye(k, dtype=bool), np.nan, matrix)
+    colormap = matplotlib.colormaps[cmap].with_extremes(bad="white")
+    image = ax.imshow(np.ma.masked_invalid(shown), cmap=colormap, norm=norm, aspect="auto")
+    for i in range(k):
+        ax.add_patch(Rectangle((i - 0.5, i - 0.5), 1, 1, fill=False, hatch="//",
+                                                  edgecolor="lightgrey", linewidth=0))
+        for j in range(k):
+            value = matrix[i, j]
+            if not np.isfinite(value):
+                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, color="lightgrey"))
+                text, colour = str(value), "black"
+            else:
+                # float rounding of an exactly additive pair (1e-8 against effects of 1) reads as "0", not as a value
+                text = "0" if abs(value) <= 1e-6 * max(bound, abs(matrix[np.isfinite(matrix)]).max()) \
+                    else fmt.format(value)
+                colour = "black" if i == j else _text_colour(colormap(norm(value)))
+            ax.text(j, i, text, ha="center", va="center", fontsize=8, color=colour)
+    if bound > 0:
+        fig.colorbar(image, ax=ax, label="interaction (diagonal: Shapley value, not coloured)")
+        ax.set_title(title)
+    else:
+        ax.set_title(f"{title} (no interaction: every pair adds)" if title else "no interaction: every pair adds")
+    ax.set_xticks(range(k), names, rotation=45 if k > 4 else 0, ha="right" if k > 4 else "center")
+    ax.set_yticks(range(k), names)
+    return fig
+
+
+def cumulative_paths(paths: Mapping[str, Sequence[Mapping]], *, title: str = "", ylabel: str = "value",
+                     logy: bool = False) -> Figure:
+    """Cumulative add-one-at-a-time paths (``Ablation.paths`` / ``Ablation.cumulative`` rows), one line per order.
+
+    Step 0 is the baseline (the first row's ``before``); each point is labelled with the switch added there, so
+    paths in different orders can be compared switch by switch. All paths end at the same full recipe.
+
+    Example: ``cumulative_paths(res.paths("loss"), title="loss", logy=True)``.
+    """
+    if not isinstance(paths, Mapping) or not paths:
+        raise ValueError("paths must be a non-empty mapping label -> list of Ablation.cumulative rows")
+    fig, ax = new_figure(width=8.0, height=4.5)
+    for colour, (label, rows) in zip(line_colors(len(paths)), paths.items()):
+        rows = list(rows)
+        if not rows or any(not isinstance(r, Mapping) or not {"switch", "value", "before"} <= set(r) for r in rows):
+            raise ValueError(f"paths[{label!r}] must be a non-empty list of Ablation.cumulative rows")
+        y = [rows[0]["before"], *[r["value"] for r in rows]]
+        ax.plot(range(len(y)), y, marker="o", color=colour, label=str(label))
+        for step, r in enumerate(rows, start=1):
+            ax.annotate(str(r["switch"]), (step, r["value"]), xytext=(3, 3), textcoords="offset points",
+                        fontsize=7, color=colour)
+    if logy and all(r["value"] > 0 and r["before"] > 0 for rows in paths.values() for r in rows):
+        ax.set_yscale("log")
+    ax.set_xticks(range(max(len(list(rows)) for rows in paths.values()) + 1))
+    ax.set_xlabel("switches added (0 = baseline)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    legend(ax, fontsize=8)
+    return fig
+
+
+__all__ = ["annotate_legends", "cumulative_paths", "heatmap", "interaction_heatmap", "legend", "line_colors",
+           "loss_band", "loss_bands", "mark_step", "new_figure", "plt", "shapley_bars"]

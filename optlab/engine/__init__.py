@@ -1,4 +1,4 @@
-"""The engine: one pure training loop (fit), schedules, checkpoints, and grids of runs."""
+"""The engine: one pure training loop (fit), mixed precision, schedules, checkpoints, and grids of runs."""
 
 from optlab.engine.checkpoint import (
     Checkpoint,
@@ -11,14 +11,17 @@ from optlab.engine.checkpoint import (
 )
 from optlab.engine.grid import GridResult, run_grid
 from optlab.engine.loop import EarlyStop, FitResult, cell_dir, fit, load_state, start_state
+from optlab.engine.precision import DynamicLossScale, LossScaleState, ulp_ratio
 from optlab.engine.schedules import constant, cosine, make_schedule, step_decay, warmup_cosine, wsd
 
 __all__ = [
     "Checkpoint",
     "CheckpointError",
+    "DynamicLossScale",
     "EarlyStop",
     "FitResult",
     "GridResult",
+    "LossScaleState",
     "TrainState",
     "best_checkpoint",
     "cell_dir",
@@ -33,6 +36,7 @@ __all__ = [
     "save_checkpoint",
     "start_state",
     "step_decay",
+    "ulp_ratio",
     "warmup_cosine",
     "wsd",
 ]

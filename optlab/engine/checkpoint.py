@@ -82,6 +82,9 @@ class TrainState(NamedTuple):
     wait: jax.Array  # () int32: steps since the loss last beat the best by more than min_delta
     stopped_at: jax.Array  # () int32: step at which early stopping froze the run (-1 while running)
     skipped: jax.Array  # () int32: steps skipped for a non-finite loss, gradient or update
+    # Dynamic loss scaler state (precision.LossScaleState), None without one: a None field adds no leaves, so
+    # checkpoints of runs without dynamic scaling keep their layout.
+    loss_scale: Any = None
 
 
 class Checkpoint(NamedTuple):

@@ -25,9 +25,11 @@ Conventions (chosen here, documented once):
   the whole update, decoupled weight decay included, as in Loshchilov & Hutter's AdamW (decay multiplied by the
   schedule, not by the optimizer's learning rate). So ``fit(opt=optax.adam(lr), weight_decay=lr * wd)`` equals
   ``optax.adamw(lr, weight_decay=wd)``. ``trace["lr"]`` records the multiplier (1.0 when ``schedule`` is None).
-* Precision. Inexact leaves of params and data are cast to ``dtype``; updates are cast to the parameter dtype
-  before they are added, so a float16 update below half an ulp leaves the parameter unchanged. Only diagnostics
-  (losses in the trace, gradient norms) are kept in at least float32.
+* Precision. Inexact leaves of params are cast to ``dtype`` and data to ``compute_dtype`` (default ``dtype``);
+  with another ``compute_dtype`` (mixed precision) the params are float32 master weights cast to it inside the
+  loss. Updates are cast to the parameter dtype before they are added, so a float16 update below half an ulp
+  leaves the parameter unchanged. Only diagnostics (losses in the trace, gradient norms) are kept in at least
+  float32. Dynamic loss scaling: :mod:`optlab.engine.precision`.
 * Trace. One row per ``log_every`` steps (an outer scan over rows; a row's first step computes its entries, an
   inner scan runs the window's other steps without computing any): row ``r`` holds the loss, gradient norms,
   schedule value, step scale and metrics of step ``r * log_every`` (loss and metrics at the parameters before that
@@ -42,6 +44,12 @@ Example:
   >>> result = fit(loss, jnp.zeros(2), optax.sgd(0.1), steps=100)
   >>> result.trace["loss"].shape
   (100,)
+  >>> # float16 compute, float32 master weights, DeepSpeed's dynamic loss scale: 2^16 is inf in float16, so the
+  >>> # first steps overflow and are skipped (the first overflow only spends the hysteresis) while the scale backs off
+  >>> mixed = fit(loss, jnp.zeros(2), optax.adam(0.1), steps=4, compute_dtype="float16",
+  ...             loss_scale=DynamicLossScale())
+  >>> mixed.params.dtype, mixed.trace["loss_scale"].tolist(), int(mixed.skipped_steps)
+  (dtype('float32'), [65536.0, 65536.0, 32768.0, 16384.0], 4)
 """
 
 from __future__ import annotations
@@ -66,8 +74,10 @@ from jax.experimental import io_callback
 
 from optlab.engine import batching
 from optlab.engine import checkpoint as ckpt
+from optlab.engine import precision
 from optlab.engine.batching import batch_at
 from optlab.engine.checkpoint import TrainState
+from optlab.engine.precision import DynamicLossScale
 from optlab.optimizers import grouping
 
 DTYPES = ("float16", "bfloat16", "float32", "float64", "complex64", "complex128")
@@ -219,10 +229,12 @@ class _Carry(NamedTuple):
 
 
 def _make_chunk(loss_of, combine, opt, *, log_every, batch_size, shuffle, schedule, clip, weight_decay,
-                early_stop, loss_scale, ids, n_groups, has_step_scale, metrics_fn, record_dtype, end_loss):
+                early_stop, loss_scale, ids, n_groups, has_step_scale, metrics_fn, record_dtype, end_loss,
+                trace_updates):
     """Builds ``run_chunk(state, data, n_rows) -> (state, rows, loss at the final params)``, jitted."""
+    dynamic = isinstance(loss_scale, DynamicLossScale)
 
-    def row_of(value, grads, lr, opt_state):
+    def row_of(value, grads, lr, opt_state, scale, applied, params):
         # The trace entries derived from one step; computed on logged steps only.
         group_sq = grouping.group_sq_norms(grads, ids, n_groups)
         row = {
@@ -233,6 +245,11 @@ def _make_chunk(loss_of, combine, opt, *, log_every, batch_size, shuffle, schedu
         }
         if has_step_scale:
             row["step_scale"] = jnp.atleast_1d(optax.tree.get_all_with_path(opt_state, "step_scale")[0][1])
+        if dynamic:
+            row["loss_scale"] = scale
+        if trace_updates:
+            row["update_ulp_ratio"] = precision.ulp_ratio(applied(), params)
+            row["opt_state_finite"] = precision.all_finite(opt_state)
         return row
 
     def step(carry: _Carry, data: Any, log: bool):
@@ -244,13 +261,20 @@ def _make_chunk(loss_of, combine, opt, *, log_every, batch_size, shuffle, schedu
         def batch_loss(p):
             return loss_of(p, batch)
 
+        scale = state.loss_scale.scale if dynamic else loss_scale
+
         def scaled_loss(p):
             value = batch_loss(p)
+            if dynamic:
+                # A float32 copy of the loss times the float32 scale, as DeepSpeed's `loss.float() * scale`: the
+                # cotangent enters a float16 graph as the scale rounded to float16, so a scale above 65504 is inf
+                # there, the gradient overflows, the step is skipped and the scaler backs off (as in DeepSpeed).
+                return value.astype(jnp.promote_types(value.dtype, jnp.float32)) * scale, value
             return (value if loss_scale is None else value * loss_scale), value
 
         (_, value), grads = jax.value_and_grad(scaled_loss, has_aux=True)(state.params)
-        if loss_scale is not None:
-            grads = jax.tree.map(lambda g: (g / loss_scale).astype(g.dtype), grads)
+        if scale is not None:
+            grads = jax.tree.map(lambda g: (g / scale).astype(g.dtype), grads)
         grads = _conj_complex(grads)
         direction = grads if clip is None else optax.clip_by_global_norm(clip).update(grads, optax.EmptyState())[0]
         updates, opt_state = opt.update(
@@ -279,6 +303,10 @@ def _make_chunk(loss_of, combine, opt, *, log_every, batch_size, shuffle, schedu
         inside = _skipped_inside(state.opt_state, opt_state)
         if inside is not None:  # the optimizer kept params itself (its update is 0), and fit counts that step too
             skipped = running & (~finite | inside)
+        scaler_state = state.loss_scale
+        if dynamic:  # the scaler sees the gradient only (DeepSpeed's overflow test); a frozen run keeps its scale
+            adjusted = loss_scale.adjust(state.loss_scale, precision.all_finite(grads))
+            scaler_state = optax.tree.where(running, adjusted, state.loss_scale)
         new = TrainState(
             step=t + 1,
             params=optax.tree.where(apply, optax.apply_updates(state.params, updates), state.params),
@@ -290,8 +318,10 @@ def _make_chunk(loss_of, combine, opt, *, log_every, batch_size, shuffle, schedu
             wait=wait,
             stopped_at=stopped_at,
             skipped=state.skipped + skipped.astype(jnp.int32),
+            loss_scale=scaler_state,
         )
-        row = row_of(value, grads, lr, new.opt_state) if log else None
+        applied = lambda: optax.tree.where(apply, updates, optax.tree.zeros_like(updates))  # noqa: E731
+        row = row_of(value, grads, lr, new.opt_state, scale, applied, state.params) if log else None
         return _Carry(new, order), (row, skipped)
 
     def window(carry: _Carry, data: Any):
@@ -415,7 +445,8 @@ def _check_batching(path: Any, stored: dict, batch_size: int | None, shuffle: bo
     return stored
 
 
-def _fresh_state(trainable: Any, opt: optax.GradientTransformation, key: jax.Array, record_dtype: Any) -> TrainState:
+def _fresh_state(trainable: Any, opt: optax.GradientTransformation, key: jax.Array, record_dtype: Any,
+                 loss_scale: Any = None) -> TrainState:
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=trainable,
@@ -427,6 +458,7 @@ def _fresh_state(trainable: Any, opt: optax.GradientTransformation, key: jax.Arr
         wait=jnp.zeros((), jnp.int32),
         stopped_at=jnp.full((), -1, jnp.int32),
         skipped=jnp.zeros((), jnp.int32),
+        loss_scale=loss_scale.init() if isinstance(loss_scale, DynamicLossScale) else None,
     )
 
 
@@ -461,6 +493,14 @@ def _fill_start(start: TrainState, fresh: TrainState, opt, dtype, record_dtype, 
     def scalar(value, default, dtype_):
         return default if value is None else jnp.asarray(value).astype(dtype_)
 
+    scaler = fresh.loss_scale
+    if start.loss_scale is not None:
+        if fresh.loss_scale is None:
+            raise ValueError("start.loss_scale holds a dynamic loss scaler's state, but this fit has none: pass "
+                             "loss_scale=DynamicLossScale(...) or start.loss_scale=None")
+        scaler = precision.LossScaleState(*(scalar(v, d, jnp.asarray(d).dtype)
+                                            for v, d in zip(start.loss_scale, fresh.loss_scale)))
+
     return TrainState(
         step=scalar(start.step, fresh.step, jnp.int32),
         params=params,
@@ -472,6 +512,7 @@ def _fill_start(start: TrainState, fresh: TrainState, opt, dtype, record_dtype, 
         wait=scalar(start.wait, fresh.wait, jnp.int32),
         stopped_at=scalar(start.stopped_at, fresh.stopped_at, jnp.int32),
         skipped=scalar(start.skipped, fresh.skipped, jnp.int32),
+        loss_scale=scaler,
     )
 
 
@@ -487,16 +528,19 @@ def start_state(
     wait: Any = None,
     stopped_at: Any = None,
     skipped: Any = None,
+    loss_scale: Any = None,
 ) -> TrainState:
     """A partial :class:`TrainState` for ``fit(start=...)``: fields left None are filled by ``fit``.
 
     Filled values: ``params`` from fit's ``params``, ``opt_state`` from ``optimizer.init(params)`` (a moment
     reset), ``key`` from fit's ``key``, ``step`` 0, ``best_params`` the start params, ``best_loss`` inf, ``best_step``
-    / ``stopped_at`` -1, ``wait`` / ``skipped`` 0. Every field may be a traced array (vmap over cells' states).
+    / ``stopped_at`` -1, ``wait`` / ``skipped`` 0, ``loss_scale`` (a :class:`~optlab.engine.precision.LossScaleState`,
+    only with ``fit(loss_scale=DynamicLossScale(...))``) the scaler's initial state. Every field may be a traced
+    array (vmap over cells' states).
     ``params`` are the trainable (inexact-array) leaves, as in a checkpoint's ``state.params``.
 
     Args:
-      params, opt_state, step, key, best_params, best_loss, best_step, wait, stopped_at, skipped: as in
+      params, opt_state, step, key, best_params, best_loss, best_step, wait, stopped_at, skipped, loss_scale: as in
         :class:`TrainState`.
 
     Returns:
@@ -506,7 +550,8 @@ def start_state(
       >>> s = load_state(best_checkpoint("ckpt"), params, optax.adam(1e-3))       # doctest: +SKIP
       >>> fit(loss, params, optax.sgd(1e-2), steps=500, start=start_state(s.params, step=s.step))  # doctest: +SKIP
     """
-    return TrainState(step, params, opt_state, key, best_params, best_loss, best_step, wait, stopped_at, skipped)
+    return TrainState(step, params, opt_state, key, best_params, best_loss, best_step, wait, stopped_at, skipped,
+                      loss_scale)
 
 
 def load_state(
@@ -516,6 +561,7 @@ def load_state(
     *,
     dtype: Any = "float32",
     reset_optimizer_state: bool = False,
+    loss_scale: Any = None,
 ) -> TrainState:
     """Loads a checkpoint written by ``fit`` into a :class:`TrainState` for ``fit(start=...)``, on the host.
 
@@ -525,6 +571,7 @@ def load_state(
       optimizer: that fit's optimizer (the layout of the stored optimizer state).
       dtype: that fit's ``dtype``.
       reset_optimizer_state: drop the stored optimizer state (``opt_state`` None: ``fit`` re-initialises it).
+      loss_scale: that fit's ``loss_scale`` (a :class:`DynamicLossScale` stores its state in the checkpoint).
 
     Returns:
       The stored :class:`TrainState` (a stacked list of them vmaps: ``jax.tree.map(lambda *x: jnp.stack(x), ...)``).
@@ -536,7 +583,7 @@ def load_state(
     dtype = _resolve_dtype(dtype)
     trainable = _cast(eqx.partition(params, eqx.is_inexact_array)[0], dtype)
     opt = optax.with_extra_args_support(optimizer)
-    like = _fresh_state(trainable, opt, jax.random.key(0), jnp.promote_types(dtype, jnp.float32))
+    like = _fresh_state(trainable, opt, jax.random.key(0), jnp.promote_types(dtype, jnp.float32), loss_scale)
     with jax.ensure_compile_time_eval():
         loaded = ckpt.load_checkpoint(path, like._replace(opt_state=None) if reset_optimizer_state else like)
     return loaded.state
@@ -557,7 +604,9 @@ def fit(
     weight_decay: Any = None,
     early_stop: EarlyStop | None = None,
     dtype: Any = "float32",
+    compute_dtype: Any = None,
     loss_scale: Any = None,
+    trace_updates: bool = False,
     log_every: int = 1,
     metrics_fn: Callable[[Any], Mapping[str, jax.Array]] | None = None,
     groups: Any = "per_layer",
@@ -592,7 +641,23 @@ def fit(
         refused for complex leaves), a complex dtype casts real leaves to its real twin. Gradients of complex
         leaves are conjugated before the optimizer (the optax convention: ``jax.grad`` returns the conjugate of
         the steepest-ascent direction).
-      loss_scale: multiply the loss by this before differentiating and divide the gradient after (float16).
+      compute_dtype: mixed precision: the dtype the loss and its gradient are computed in, None for ``dtype``.
+        Params (the master weights) and the optimizer state stay in ``dtype``; each step casts them to
+        ``compute_dtype`` for the loss (data is cast to ``compute_dtype``), and the gradient flows back through the
+        cast into ``dtype``. ``dtype="float32", compute_dtype="float16"`` is float16 compute with float32 master
+        weights and moments; ``dtype="float16"`` alone is pure float16 (optax's Adam then keeps float16 moments,
+        where its ``eps=1e-8`` rounds to 0).
+      loss_scale: a number: multiply the loss by it before differentiating and divide the gradient after (static
+        scaling; it multiplies the loss in its own dtype). A :class:`~optlab.engine.precision.DynamicLossScale`:
+        DeepSpeed-style dynamic scaling (the float32 scale multiplies a float32 copy of the loss; on a non-finite
+        gradient the step is skipped and the scale halves once the hysteresis is spent; it doubles after
+        ``window`` good steps); its state is ``TrainState.loss_scale`` (checkpointed, resumable, vmappable) and
+        ``trace["loss_scale"]`` records the scale each logged step used.
+      trace_updates: also record ``trace["update_ulp_ratio"]`` (max over entries of ``|applied update| /
+        (ulp(param) / 2)``, :func:`~optlab.engine.precision.ulp_ratio`; below 1 no parameter entry changed; 0 on
+        a skipped or frozen step) and ``trace["opt_state_finite"]`` (whether every inexact leaf of the optimizer
+        state kept after the step is finite: float16 moments can hold inf while the update stays finite). Off:
+        nothing extra is computed.
       log_every: steps per trace row; must divide ``steps``.
       metrics_fn: ``params -> {name: array}`` recorded as ``trace["metrics/<name>"]``.
       groups: split for ``trace["group_grad_norms"]``: ``"per_layer"``, ``"per_leaf"``, ``"global"``, or a labels
@@ -618,7 +683,9 @@ def fit(
 
     Returns:
       A :class:`FitResult` (``stopped_at`` is the final step when the run never stopped); ``trace`` has ``"loss"``, ``"grad_norm"``, ``"group_grad_norms"`` (rows, G),
-      ``"lr"``, ``"skipped"``, ``"step_scale"`` (rows, G) when the optimizer state has one, and ``"metrics/*"``.
+      ``"lr"``, ``"skipped"``, ``"step_scale"`` (rows, G) when the optimizer state has one, ``"metrics/*"``,
+      ``"loss_scale"`` with a dynamic scaler and ``"update_ulp_ratio"`` / ``"opt_state_finite"`` with
+      ``trace_updates``.
 
     Example:
       >>> loss = lambda p, batch: jnp.mean((batch["x"] @ p - batch["y"]) ** 2)
@@ -650,7 +717,13 @@ def fit(
             raise TypeError(f"{name} must be callable or None, got {fn!r}")
     _nonnegative("clip", clip, strict=True)
     _nonnegative("weight_decay", weight_decay, strict=False)
-    _nonnegative("loss_scale", loss_scale, strict=True)
+    compute_dtype = dtype if compute_dtype is None else _resolve_dtype(compute_dtype)
+    if isinstance(loss_scale, DynamicLossScale):
+        loss_scale.check()
+    else:
+        _nonnegative("loss_scale", loss_scale, strict=True)
+    if not isinstance(trace_updates, bool):
+        raise TypeError(f"trace_updates must be True or False, got {trace_updates!r}")
     if early_stop is not None:
         if not isinstance(early_stop, EarlyStop):
             raise TypeError(f"early_stop must be EarlyStop(patience, min_delta) or None, got {early_stop!r}")
@@ -691,18 +764,19 @@ def fit(
 
     trainable, static = eqx.partition(params, eqx.is_inexact_array)
     trainable = _cast(trainable, dtype)
-    data = _cast(data, dtype)
+    data = _cast(data, compute_dtype)
 
     def combine(p):
         return eqx.combine(p, static)
 
     def loss_of(p, batch):
-        return loss_fn(combine(p), batch)
+        # Mixed precision: the master weights p are cast for the loss; its gradient flows back through the cast.
+        return loss_fn(combine(p if compute_dtype == dtype else _cast(p, compute_dtype)), batch)
 
     opt = optax.with_extra_args_support(optimizer)
     record_dtype = jnp.promote_types(dtype, jnp.float32)
     ids, n_groups, _ = _group_ids(trainable, groups)
-    state = _fresh_state(trainable, opt, key, record_dtype)
+    state = _fresh_state(trainable, opt, key, record_dtype, loss_scale)
     opt_state = state.opt_state
     first, total, stored = 0, steps, None
     if resume_from is not None:
@@ -719,6 +793,7 @@ def fit(
         clip=clip, weight_decay=weight_decay, early_stop=early_stop, loss_scale=loss_scale, ids=ids,
         n_groups=n_groups, has_step_scale=bool(optax.tree.get_all_with_path(opt_state, "step_scale")),
         metrics_fn=metrics_fn, record_dtype=record_dtype, end_loss=checkpoint_every is not None,
+        trace_updates=trace_updates,
     )
     # Chunk ends: multiples of checkpoint_every, counted from step 0 of the run (absolute steps, so a resumed run
     # reuses the same chunk length) or, with start=, from the start state (its step may be traced).

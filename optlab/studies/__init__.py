@@ -18,6 +18,7 @@ from optlab.studies.base import Claim, Section, Study, StudyResult, Table
 _REGISTRY: dict[str, str] = {
     "newton-root": "optlab.studies.newton_root",
     "correction": "optlab.studies.correction",
+    "linreg-recipe": "optlab.studies.linreg_recipe",
 }
 
 
