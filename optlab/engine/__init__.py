@@ -1,5 +1,6 @@
 """The engine: one pure training loop (fit), mixed precision, schedules, checkpoints, and grids of runs."""
 
+from optlab.engine.cell_checkpoints import cell_dir
 from optlab.engine.checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -10,9 +11,10 @@ from optlab.engine.checkpoint import (
     save_checkpoint,
 )
 from optlab.engine.grid import GridResult, run_grid
-from optlab.engine.loop import EarlyStop, FitResult, cell_dir, fit, load_state, start_state
+from optlab.engine.loop import EarlyStop, FitResult, fit
 from optlab.engine.precision import DynamicLossScale, LossScaleState, ulp_ratio
 from optlab.engine.schedules import constant, cosine, make_schedule, step_decay, warmup_cosine, wsd
+from optlab.engine.state import load_state, start_state
 
 __all__ = [
     "Checkpoint",

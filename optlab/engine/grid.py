@@ -23,7 +23,8 @@ from tqdm.auto import tqdm
 
 from optlab import _atomic
 from optlab.engine import interrupt as _interrupt
-from optlab.engine import loop as _loop
+from optlab.engine import cell_checkpoints as _cells
+from optlab.engine._checks import _int_arg
 from optlab.engine.grid_result import SEED_AXIS, GridResult, _python
 
 # tqdm.auto picks the widget bar inside Jupyter, whose stderr is not a terminal but shows bars fine
@@ -152,7 +153,7 @@ def _run_cells(values, seeds, cells=None, *, fn, fixed, names, sharding, checkpo
         if checkpoint is None:
             return _flatten(fn(hparams, jax.random.key(seed)))
         every, directory = checkpoint
-        with _loop.grid_cell(_loop.GridCell(every, pathlib.Path(directory), cell_id)) as taken:
+        with _cells.grid_cell(_cells.GridCell(every, pathlib.Path(directory), cell_id)) as taken:
             outputs = _flatten(fn(hparams, jax.random.key(seed)))
         if not taken[1]:
             raise ValueError("run_grid(checkpoint_every=...) checkpoints the cell's optlab.fit call, but fn never "
@@ -197,7 +198,7 @@ def _describe(label, axes: Mapping[str, list]) -> str:
 
 
 def _write_cell_index(directory: str, all_axes: dict, index: np.ndarray, names: list[str]) -> None:
-    cells = [{"cell": i, "dir": _loop.cell_dir(directory, i).name,
+    cells = [{"cell": i, "dir": _cells.cell_dir(directory, i).name,
               **{n: _python(np.asarray(all_axes[n][j])) for n, j in zip(names, row)}} for i, row in enumerate(index)]
     pathlib.Path(directory).mkdir(parents=True, exist_ok=True)
     _atomic.write_json(pathlib.Path(directory) / "cells.json", cells)
@@ -294,7 +295,7 @@ def run_grid(
         raise ValueError("checkpoint_every and checkpoint_dir go together: pass both or neither")
     checkpoint = None
     if checkpoint_every is not None:
-        checkpoint = (_loop._int_arg("checkpoint_every", checkpoint_every, 1), str(pathlib.Path(checkpoint_dir)))
+        checkpoint = (_int_arg("checkpoint_every", checkpoint_every, 1), str(pathlib.Path(checkpoint_dir)))
     all_axes = {**checked, SEED_AXIS: seed_values}
     names = list(all_axes)
     index = np.indices([len(v) for v in all_axes.values()]).reshape(len(names), -1).T
