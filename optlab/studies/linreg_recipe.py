@@ -18,6 +18,11 @@ Choices where the note leaves a setting open (the report repeats them):
   the switch exists, and the study shows it changes nothing.
 - "init": PyTorch default ``U(-1, 1)`` for weight and bias → Xavier-uniform weight, bias 0.5. The fixed seed of the
   "enhanced" run is not a switch: a fixed seed is one draw of the seed distribution the study averages over.
+- precision arms (the float16 freeze) run the baseline recipe, every step logged: pure float16; mixed precision
+  (float16 compute, float32 master weights and moments); each of these with DeepSpeed's dynamic loss scaling
+  (:class:`~optlab.engine.precision.DynamicLossScale`: 2^16, window 1000, hysteresis 2, min 1); bfloat16, float32,
+  and float64 inside ``jax.enable_x64(True)``. A step that leaves W unchanged is either skipped (non-finite
+  gradient / update) or applied and rounded away (W's update < ½ ulp of W); the verdict counts both.
 - each seed draws its own data, start and batch order (``jax.random.split(key, 3)``); losses are the full-data MSE
   at the final parameters (the note's "Final Loss" does not say which loss it is).
 
@@ -38,10 +43,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optlab import ablation
+from optlab import _atomic, ablation
 from optlab.engine import loop
 from optlab.engine.grid import run_grid
 from optlab.engine.interrupt import GridInterrupted
+from optlab.engine.precision import DynamicLossScale
 from optlab.problems import linreg_recipe as lp
 from optlab.studies.base import Section, Study, StudyResult, Table
 from optlab.studies.config import Settings, setting
@@ -60,7 +66,15 @@ SWITCH_DOCS = {
     "adam": "method 9: explicit Adam (0.9, 0.999, 1e-8, wd 0)", "init": "scripts: init U(-1,1) → Xavier, bias 0.5",
     "logging": "method 10: a trace row every epoch → every 10 epochs",
 }
-PRECISION_ARMS = ("float16", "bfloat16", "float32", "float64")
+PRECISION_ARMS = ("float16", "float16+scale", "mixed16", "mixed16+scale", "bfloat16", "float32", "float64")
+ARM_DOCS = {
+    "float16": "pure float16: params, data, gradients and Adam moments (eps 1e-8 rounds to 0)",
+    "float16+scale": "pure float16 with DeepSpeed's dynamic loss scaling (2^16, window 1000, hysteresis 2, min 1)",
+    "mixed16": "float16 compute, float32 master weights and Adam moments",
+    "mixed16+scale": "mixed16 with DeepSpeed's dynamic loss scaling (its fp16 engine's default)",
+    "bfloat16": "pure bfloat16 (reference)", "float32": "float32 (reference)",
+    "float64": "float64 (reference; run under jax.enable_x64)",
+}
 
 
 @dataclass(frozen=True)
@@ -93,7 +107,8 @@ class LinregRecipeConfig(Settings):
     def quick(cls) -> "LinregRecipeConfig":
         # 4 switches (16 recipes, one program) x 4 seeds; the other six stay at the baseline
         return cls(n=320, seeds=4, switches=("lr", "warmup", "clip", "init"), n_boot=100, grid_lrs=(1e-3, 1e-2),
-                   grid_epochs=(10, 30), precision_arms=("float16", "bfloat16", "float32"), precision_seeds=4)
+                   grid_epochs=(10, 30), precision_seeds=4,
+                   precision_arms=("float16", "mixed16+scale", "bfloat16", "float32"))  # one program per arm
 
     def check(self) -> None:
         for name in ("lr", "epochs", "warmup", "decay_epochs", "patience", "min_improvement"):
@@ -155,13 +170,29 @@ def _concrete(value) -> bool:
     return not isinstance(value, jax.core.Tracer)
 
 
-def recipe_fit(config: LinregRecipeConfig, hp: dict, key: jax.Array, *, dtype: str = "float32",
-               every_step: bool = False):
+def precision_kwargs(arm: str) -> dict[str, Any]:
+    """The ``fit`` keywords of a precision arm (one of :data:`PRECISION_ARMS`, see :data:`ARM_DOCS`).
+
+    Example: ``precision_kwargs("mixed16")`` is ``{"dtype": "float32", "compute_dtype": "float16"}``.
+    """
+    if arm not in PRECISION_ARMS:
+        raise ValueError(f"precision arm must be one of {', '.join(PRECISION_ARMS)}; got {arm!r}")
+    base = arm.removesuffix("+scale")
+    kwargs = {"dtype": "float32", "compute_dtype": "float16"} if base == "mixed16" else {"dtype": base}
+    if arm.endswith("+scale"):  # DeepSpeed's fp16 defaults: 2^16, window 1000, hysteresis 2, min scale 1
+        kwargs["loss_scale"] = DynamicLossScale(initial=2.0**16, window=1000, hysteresis=2, minimum=1.0)
+    return kwargs
+
+
+def recipe_fit(config: LinregRecipeConfig, hp: dict, key: jax.Array, *, precision: str = "float32",
+               every_step: bool = False, trace_updates: bool = False):
     """One training run of the recipe ``hp`` (a :func:`recipe` dict; numbers may be traced).
 
     Returns ``(FitResult, data, start params)``. The trace has a row per ``hp["logging"]`` epochs with the
-    parameters as ``metrics/w``, ``metrics/b``; ``every_step`` gives one row per step instead (gradient-norm and
-    frozen-step diagnostics).
+    parameters as ``metrics/w``, ``metrics/b`` (before that row's step); ``every_step`` gives one row per step
+    instead (gradient-norm and frozen-step diagnostics). ``precision`` is a :data:`PRECISION_ARMS` name (a plain
+    dtype name is its pure arm; "float64" needs x64 on); ``trace_updates`` adds ``fit``'s update-vs-½-ulp and
+    finite-moment rows.
 
     Example: ``res, data, p0 = recipe_fit(config, recipe(config), jax.random.key(0))``.
     """
@@ -181,8 +212,9 @@ def recipe_fit(config: LinregRecipeConfig, hp: dict, key: jax.Array, *, dtype: s
     steps = int(hp["epochs"]) * per_epoch
     result = loop.fit(lp.loss, p0, optimizer, steps=steps, key=k_order, data=data, batch_size=config.batch_size,
                       shuffle=bool(hp["shuffle"]), schedule=schedule_fn(per_epoch, hp["warmup"], hp["slow_cosine"]),
-                      clip=clip, early_stop=loop.EarlyStop(patience, hp["min_improvement"]), dtype=dtype,
-                      log_every=1 if every_step else per_epoch * int(hp["logging"]), metrics_fn=lambda p: dict(p))
+                      clip=clip, early_stop=loop.EarlyStop(patience, hp["min_improvement"]),
+                      log_every=1 if every_step else per_epoch * int(hp["logging"]), metrics_fn=lambda p: dict(p),
+                      trace_updates=trace_updates, **precision_kwargs(precision))
     return result, data, p0
 
 
@@ -241,7 +273,10 @@ def timelines(config: LinregRecipeConfig, names=("baseline", "full")) -> dict[st
 
         def one(key, hp=hp):
             res, data, p0 = recipe_fit(config, hp, key, every_step=True)
-            return {"w_trace": res.trace["metrics/w"], "b_trace": res.trace["metrics/b"], "grad_norm": res.trace["grad_norm"],
+            m1, m2 = lp.moments(data["x"])
+            return {"w_trace": res.trace["metrics/w"], "b_trace": res.trace["metrics/b"],
+                    "grad_norm": res.trace["grad_norm"],
+                    "m1": m1, "m2": m2,
                     "batch_loss": res.trace["loss"], "stopped_at": res.stopped_at, **outcome(config, res, data, p0)}
 
         keys = jnp.stack([jax.random.key(s) for s in range(config.seeds)])
@@ -249,24 +284,99 @@ def timelines(config: LinregRecipeConfig, names=("baseline", "full")) -> dict[st
     return out
 
 
-def precision_grid(config: LinregRecipeConfig, progress: bool = True):
-    """The baseline recipe under each dtype arm (static axis), one row per step: W changed, skipped, final errors."""
-    arms = [a for a in config.precision_arms if a != "float64" or jax.config.jax_enable_x64]
+PRECISION_TRACES = ("loss", "w", "b", "w_changed", "skipped", "loss_scale", "update_ulp_ratio", "moments_finite",
+                    "live")  # the per-step rows of every precision-arm run (precision_steps.csv)
+
+
+def precision_cell(config: LinregRecipeConfig):
+    """``cell({"arm": name}, key)``: the baseline recipe in one precision arm, logged every step.
+
+    Per step (arrays of length steps, ``trace/<name>`` for :data:`PRECISION_TRACES`): loss, W and b before the
+    step, whether the step changed W, whether it was skipped, the loss scale it used (NaN without a scaler),
+    ``|applied update| / (ulp(param) / 2)`` (max over W and b), whether the Adam moments were finite after it,
+    and whether the run was still live (before its early stop). Scalars: :func:`outcome` plus the counts over live
+    steps that name the freezing mechanism: ``w_frozen_steps`` (W unchanged), ``skipped_live`` (step skipped for
+    a non-finite gradient or update), ``sub_ulp_steps`` (not skipped, every update entry < ½ ulp: rounds away),
+    ``nonfinite_moment_steps``, ``frozen_skipped`` / ``frozen_rounded`` (W unchanged because the step was skipped /
+    applied but W's update was below ½ ulp of W), the loss scale's minimum and final value, ``first_w_change``.
+
+    Example: ``run_grid(precision_cell(config), {"arm": ["float16"]}, seeds=2, static=["arm"])``.
+    """
     per_epoch = config.per_epoch
+    base = baseline(config)
 
     def cell(hp, key):
-        res, data, p0 = recipe_fit(config, baseline(config), key, dtype=hp["dtype"], every_step=True)
-        w = res.trace["metrics/w"].astype(jnp.float32)
-        changed = jnp.concatenate([w[1:] != w[:-1], jnp.asarray([True])])  # the last step's change is not seen
-        steps = res.stopped_at
-        live = jnp.arange(w.shape[0] - 1) < steps - 1
-        return {**outcome(config, res, data, p0), "w_trace": w,
-                "w_frozen_steps": jnp.sum(live & ~changed[:-1]).astype(jnp.float32),
-                "observed_steps": jnp.sum(live).astype(jnp.float32),
-                "first_w_change": jnp.argmax(changed).astype(jnp.float32) / per_epoch}
+        res, data, p0 = recipe_fit(config, base, key, precision=hp["arm"], every_step=True, trace_updates=True)
+        tr = res.trace
+        steps = tr["loss"].shape[0]
+        w_before = tr["metrics/w"]
+        # the trace holds params before each step, so the final params close the "after" side of the last step
+        w_after = jnp.concatenate([w_before[1:], jnp.reshape(res.params["w"], (1,)).astype(w_before.dtype)])
+        changed = w_after != w_before
+        live = jnp.arange(steps) < res.stopped_at
+        skipped = tr["skipped"] & live
+        sub_ulp = live & ~tr["skipped"] & (tr["update_ulp_ratio"] < 1.0)
+        bad_moments = live & ~tr["opt_state_finite"]
+        scale = tr["loss_scale"] if "loss_scale" in tr else jnp.full((steps,), jnp.nan, jnp.float32)
+        live_scale = jnp.where(live, scale, jnp.inf)
+        count = lambda mask: jnp.sum(mask).astype(jnp.float32)  # noqa: E731
+        traces = {"loss": tr["loss"], "w": w_before, "b": tr["metrics/b"], "w_changed": changed, "skipped": skipped,
+                  "loss_scale": scale, "update_ulp_ratio": tr["update_ulp_ratio"],
+                  "moments_finite": tr["opt_state_finite"], "live": live}
+        return {**outcome(config, res, data, p0),
+                **{f"trace/{k}": v.astype(jnp.float32) for k, v in traces.items()},
+                "live_steps": count(live), "w_frozen_steps": count(live & ~changed),
+                "skipped_live": count(skipped), "sub_ulp_steps": count(sub_ulp),
+                "frozen_sub_ulp": count(live & ~changed & sub_ulp), "frozen_skipped": count(live & ~changed & skipped),
+                "frozen_rounded": count(live & ~changed & ~skipped),  # applied, yet W's update rounded away
+                "nonfinite_moment_steps": count(bad_moments),
+                "min_loss_scale": jnp.where(jnp.isnan(scale[0]), jnp.nan, jnp.min(live_scale)),
+                "final_loss_scale": jnp.where(jnp.isnan(scale[0]), jnp.nan,
+                                              scale[jnp.maximum(res.stopped_at - 1, 0)]),
+                "first_w_change": jnp.where(jnp.any(changed & live), jnp.argmax(changed & live), steps
+                                            ).astype(jnp.float32) / per_epoch}
 
-    return run_grid(cell, {"dtype": arms}, seeds=config.precision_seeds, static=["dtype"], progress=progress,
-                    label="linreg-recipe precision arms")
+    return cell
+
+
+def precision_grid(config: LinregRecipeConfig, progress: bool = True) -> dict[str, Any]:
+    """The baseline recipe in each precision arm of the config, ``precision_seeds`` seeds each.
+
+    Returns ``{arm: GridResult}`` (axis ``arm``, one value each). The float64 arm runs in its own grid under
+    ``jax.enable_x64(True)`` (64-bit must be on while its program is traced and run); the others share one
+    ``run_grid`` call with ``arm`` static (one program per arm).
+
+    Example: ``precision_grid(LinregRecipeConfig.quick(), progress=False)["float16"].outputs["w_frozen_steps"]``.
+    """
+    cell = precision_cell(config)
+    arms32 = [a for a in config.precision_arms if a != "float64"]
+    out = {}
+    if arms32:
+        grid = run_grid(cell, {"arm": arms32}, seeds=config.precision_seeds, static=["arm"], progress=progress,
+                        label="linreg-recipe precision arms")
+        if not grid.complete:
+            return {"interrupted": grid}
+        out.update({arm: grid.select(arm=arm) for arm in arms32})
+    if "float64" in config.precision_arms:
+        with jax.enable_x64(True):
+            grid = run_grid(cell, {"arm": ["float64"]}, seeds=config.precision_seeds, static=["arm"],
+                            progress=progress, label="linreg-recipe precision arm float64")
+        if not grid.complete:
+            return {"interrupted": grid}
+        out["float64"] = grid
+    return out
+
+
+def precision_steps(grids: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per (arm, seed, step) of the precision arms: the per-step log written to precision_steps.csv."""
+    rows = []
+    for arm, grid in grids.items():
+        traces = {k: np.asarray(grid.outputs[f"trace/{k}"]) for k in PRECISION_TRACES}
+        for i, cell in enumerate(grid.cells):
+            for t in range(traces["loss"].shape[1]):
+                rows.append({"arm": arm, "seed": cell["seed"], "step": t,
+                             **{k: float(v[i, t]) for k, v in traces.items()}})
+    return rows
 
 
 def lr_epochs_grid(config: LinregRecipeConfig, progress: bool = True):
@@ -288,7 +398,7 @@ def run(config: LinregRecipeConfig, *, progress: bool = True, run_dir: Path | No
     """
     from optlab.studies import linreg_recipe_claims as lc  # claims and figures: the sibling file
 
-    del run_dir  # no checkpoints: a run is seconds
+    # no checkpoints (a run is minutes); run_dir receives the precision arms' per-step log
     config.validate()
     start = time.perf_counter()
     total = 2 ** len(config.switches) * config.seeds
@@ -302,14 +412,18 @@ def run(config: LinregRecipeConfig, *, progress: bool = True, run_dir: Path | No
             out = make()
         except GridInterrupted as stopped:  # an earlier Ctrl-C: this grid never started
             out = stopped.result
-        grid = out.grid if isinstance(out, ablation.Ablation) else out
-        rows += [{"grid": name, **{k: v for k, v in r.items() if k != "w_trace"}} for r in grid.to_rows()]
-        done += len(grid)
-        if not grid.complete:
+        grids = list(out.values()) if isinstance(out, dict) else [out.grid if isinstance(out, ablation.Ablation)
+                                                                   else out]
+        rows += [{"grid": name, **r} for grid in grids for r in grid.to_rows()]
+        done += sum(len(grid) for grid in grids)
+        if not all(grid.complete for grid in grids):
+            grid = grids[-1]
             section = Section(f"{name}: interrupted", f"{len(grid)} cells finished; no claim is computed.")
             return StudyResult("linreg-recipe", title, dataclasses.asdict(config), [section], rows=rows,
                                complete=False, cells_done=done, cells_total=total, seconds=time.perf_counter() - start)
         results[name] = out
+    if run_dir is not None:
+        _atomic.write_csv(Path(run_dir) / "precision_steps.csv", precision_steps(results["precision"]))
     sections = lc.sections(config, results["factorial"], results["precision"], results["lr_epochs"],
                            logging_check(config), timelines(config))
     return StudyResult("linreg-recipe", title, dataclasses.asdict(config), sections, rows=rows,
@@ -319,5 +433,6 @@ def run(config: LinregRecipeConfig, *, progress: bool = True, run_dir: Path | No
 STUDY = Study("linreg-recipe", "lab note 002: ten recipe changes for y = 2x + 1 (full factorial, exact Shapley) "
               "and the float16 freeze", LinregRecipeConfig, run)
 
-__all__ = ["ALL_SWITCHES", "STUDY", "SWITCHES", "LinregRecipeConfig", "baseline", "factorial", "logging_check",
-           "make_cell", "make_switches", "outcome", "recipe", "recipe_fit", "run", "schedule_fn", "timelines"]
+__all__ = ["ALL_SWITCHES", "ARM_DOCS", "PRECISION_ARMS", "STUDY", "SWITCHES", "LinregRecipeConfig", "baseline",
+           "factorial", "logging_check", "make_cell", "make_switches", "outcome", "precision_cell", "precision_grid",
+           "precision_kwargs", "precision_steps", "recipe", "recipe_fit", "run", "schedule_fn", "timelines"]

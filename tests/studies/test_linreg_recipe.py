@@ -19,7 +19,7 @@ TINY = lr.LinregRecipeConfig(n=64, batch_size=16, seeds=2, lr=(1e-2, 3e-2), epoc
 SHRINK = ["--set", "n=64", "--set", "batch_size=16", "--set", "epochs=2,4", "--set", "warmup=1,2", "--set",
           "decay_epochs=2,4", "--set", "patience=1,2", "--set", "log_epochs=2", "--set", "grid_epochs=2",
           "--set", "grid_lrs=0.01", "--set", "switches=lr,init", "--set", "seeds=2", "--set", "precision_seeds=1",
-          "--set", "precision_arms=float16,float32"]
+          "--set", "precision_arms=float16"]
 
 
 def test_registered_under_its_cli_name():
@@ -85,3 +85,52 @@ def test_bad_switch_names_or_values_exit_2(bad, capsys, tmp_path):
         code = err.code
     assert code == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_precision_arm_keywords():
+    assert lr.precision_kwargs("float16") == {"dtype": "float16"}
+    assert lr.precision_kwargs("mixed16") == {"dtype": "float32", "compute_dtype": "float16"}
+    scaler = lr.precision_kwargs("mixed16+scale")["loss_scale"]
+    assert (scaler.initial, scaler.window, scaler.hysteresis, scaler.minimum) == (2.0**16, 1000, 2, 1.0)
+    assert np.float16(1e-8) == 0  # why pure float16 Adam divides by sqrt(v) alone
+    with pytest.raises(ValueError, match="precision arm"):
+        lr.precision_kwargs("float8")
+
+
+def test_mixed_precision_keeps_float32_master_weights_and_moments():
+    hp = lr.baseline(TINY)
+    mixed = lr.recipe_fit(TINY, hp, jax.random.key(0), precision="mixed16")[0]
+    pure = lr.recipe_fit(TINY, hp, jax.random.key(0), precision="float16")[0]
+    moments = lambda res: {leaf.dtype for leaf in jax.tree.leaves(res.opt_state)  # noqa: E731
+                           if jax.numpy.issubdtype(leaf.dtype, jax.numpy.floating)}
+    assert mixed.params["w"].dtype == np.float32 and moments(mixed) == {np.dtype("float32")}
+    assert pure.params["w"].dtype == np.float16 and moments(pure) == {np.dtype("float16")}
+
+
+def test_precision_arms_log_the_freeze_evidence():
+    config = dataclasses.replace(TINY, precision_arms=("float16+scale", "float64"), precision_seeds=1)
+    grids = lr.precision_grid(config, progress=False)
+    assert list(grids) == ["float16+scale", "float64"]
+    assert not jax.config.jax_enable_x64  # the float64 arm's x64 scope is closed again
+    steps = TINY.epochs[0] * TINY.per_epoch
+    for arm, grid in grids.items():
+        out = grid.outputs
+        for name in lr.PRECISION_TRACES:
+            assert out[f"trace/{name}"].shape == (1, steps), (arm, name)
+        # every step where W did not move is explained: skipped, or applied and rounded away
+        np.testing.assert_array_equal(out["frozen_skipped"] + out["frozen_rounded"], out["w_frozen_steps"])
+        assert np.all(out["live_steps"] <= steps) and np.all(out["sub_ulp_steps"] <= out["live_steps"])
+    assert np.isnan(grids["float64"].outputs["min_loss_scale"]).all()  # no scaler, no scale
+    assert grids["float16+scale"].outputs["trace/loss_scale"][0, 0] == 2.0**16
+    assert np.isfinite(grids["float64"].outputs["w"]).all()
+    rows = lr.precision_steps(grids)
+    assert len(rows) == 2 * steps and set(rows[0]) == {"arm", "seed", "step", *lr.PRECISION_TRACES}
+
+
+def test_frozen_verdict_names_the_mechanism():
+    from optlab.studies.linreg_recipe_claims import _mechanism
+    g = {"w_frozen_steps": np.array([10.0, 2.0]), "live_steps": np.array([10.0, 10.0]), "w": np.zeros(2),
+         "frozen_skipped": np.array([0.0, 2.0]), "frozen_rounded": np.array([10.0, 0.0]),
+         "sub_ulp_steps": np.array([10.0, 0.0])}
+    text = _mechanism(g)
+    assert "12 of 20" in text and "2 skipped" in text and "below ½ ulp" in text and "1 of 2 seeds frozen" in text
