@@ -262,7 +262,11 @@ def shapley_bars(rows: Sequence[Mapping], *, title: str = "", xlabel: str = "Sha
     for yi, r, value in zip(y, rows, values):
         share = r.get("share", np.nan)
         text = f"{value:.3g}" + (f" ({share:.0%})" if share is not None and np.isfinite(share) else "")
-        ax.annotate(text, (value if np.isfinite(value) else 0.0, yi), xytext=(4 if value >= 0 else -4, 0),
+        # the label sits past the far end of the bar or its interval, so it never covers the error bar
+        tip = value if np.isfinite(value) else 0.0
+        if np.isfinite(r.get("lo", np.nan)) and np.isfinite(r.get("hi", np.nan)):
+            tip = max(tip, r["hi"]) if value >= 0 else min(tip, r["lo"])
+        ax.annotate(text, (tip, yi), xytext=(4 if value >= 0 else -4, 0),
                     textcoords="offset points", ha="left" if value >= 0 else "right", va="center", fontsize=8)
     ax.set_yticks(y, names)
     ax.invert_yaxis()  # first switch on top, as in the table
