@@ -59,12 +59,15 @@ class TrainState(NamedTuple):
     best_params: Any  # parameters with the lowest loss seen so far
     best_loss: jax.Array  # () float: lowest finite loss seen (inf before the first)
     best_step: jax.Array  # () int32: step of best_loss (-1 before the first finite loss)
-    wait: jax.Array  # () int32: steps since the loss last beat the best by more than min_delta
+    wait: jax.Array  # () int32: steps (blocks with EarlyStop(every > 1)) since the last significant improvement
     stopped_at: jax.Array  # () int32: step at which early stopping froze the run (-1 while running)
     skipped: jax.Array  # () int32: steps skipped for a non-finite loss, gradient or update
     # Dynamic loss scaler state (precision.LossScaleState), None without one: a None field adds no leaves, so
     # checkpoints of runs without dynamic scaling keep their layout.
     loss_scale: Any = None
+    # Block early stopping (EarlyStop(every=k > 1)): the current block's loss sum and the best block mean
+    # (state.StopBlock), None otherwise: like loss_scale, None adds no leaves, so every=1 runs keep their layout.
+    stop_block: Any = None
 
 
 class Checkpoint(NamedTuple):

@@ -38,6 +38,13 @@ Conventions (chosen here, documented once):
 * Early stopping. ``best_*`` track the lowest loss seen; ``wait`` counts steps since the loss last beat the best by
   more than ``min_delta``; at the step where ``wait >= patience`` the run freezes (that update is not applied) and
   ``stopped_at`` is that step, i.e. the number of applied updates. Losses are per-batch losses.
+  ``EarlyStop(every=k)`` with ``k > 1`` tests once per block of ``k`` absolute steps ``[j*k, (j+1)*k)`` (with
+  ``k`` = steps per epoch: once per epoch) on the block's mean recorded loss, against the best block mean;
+  ``wait`` and ``patience`` count blocks. The block where ``wait >= patience`` is completed (its last update is
+  applied, as in an epoch loop that checks after the epoch) and the run freezes from the next step on:
+  ``stopped_at = (j + 1) * k``, still the number of applied updates. ``best_*`` keep tracking the per-step best
+  loss. The block's running sum lives in ``TrainState.stop_block`` (resumes mid-block are bit-identical); a
+  ``start=`` state at a mid-block step without its ``stop_block`` counts that partial block from an empty sum.
 
 Where the parts live: the step and the jitted chunk of steps in :mod:`optlab.engine.step`, the start state (fresh,
 partial or loaded) in :mod:`optlab.engine.state`, the checkpoints of ``run_grid`` cells in
@@ -100,14 +107,19 @@ class EarlyStop(NamedTuple):
     """Early stopping inside ``jit``: freeze after ``patience`` steps without a loss drop larger than ``min_delta``.
 
     A step improves when its loss is below ``best_loss - min_delta``; a non-finite loss never improves. Losses are
-    those ``fit`` records (per-batch with mini-batches).
+    those ``fit`` records (per-batch with mini-batches). With ``every=k > 1`` the test runs once per block of ``k``
+    steps on the block's mean loss and ``patience`` counts blocks: ``every`` = steps per epoch is epoch-level early
+    stopping on the epoch-mean loss (noisy per-batch losses no longer set the best). See :mod:`optlab.engine.loop`.
 
     Example:
       >>> # fit(loss, params, optax.adam(1e-3), steps=10_000, early_stop=EarlyStop(patience=200, min_delta=1e-6))
+      >>> # per epoch of 50 batches, patience 10 epochs:
+      >>> # fit(..., batch_size=32, early_stop=EarlyStop(patience=10, min_delta=1e-6, every=50))
     """
 
-    patience: Any  # int >= 1 (may be traced): steps without a significant improvement before the run freezes
-    min_delta: Any = 0.0  # >= 0: a loss below best - min_delta counts as an improvement
+    patience: Any  # int >= 1 (may be traced): steps (blocks) without a significant improvement before freezing
+    min_delta: Any = 0.0  # >= 0 (may be traced): a loss below best - min_delta counts as an improvement
+    every: int = 1  # static int >= 1: steps per block of the test (1: every step, the block-free program)
 
 
 class FitResult(NamedTuple):
@@ -183,7 +195,7 @@ def fit(
         Newton-root optimizers: their step grows as 1/c² while the clipped gradient shrinks as c, so clipping
         before the step lengthens it; bound them with ``max_scale`` or clip the update after the step.
       weight_decay: decoupled weight decay per step (times the schedule), None for none.
-      early_stop: :class:`EarlyStop` or None.
+      early_stop: :class:`EarlyStop` or None (``every > 1``: a test per block of steps on the block-mean loss).
       dtype: ``"float16"``, ``"bfloat16"``, ``"float32"``, ``"float64"`` (needs x64), ``"complex64"`` or
         ``"complex128"`` (needs x64) for params, data, compute. Complex leaves stay complex: a real dtype casts them
         to its complex twin (float32 -> complex64, float64 -> complex128; float16 / bfloat16 have none and are
@@ -275,7 +287,11 @@ def fit(
         raise TypeError(f"trace_updates must be True or False, got {trace_updates!r}")
     if early_stop is not None:
         if not isinstance(early_stop, EarlyStop):
-            raise TypeError(f"early_stop must be EarlyStop(patience, min_delta) or None, got {early_stop!r}")
+            raise TypeError(f"early_stop must be EarlyStop(patience, min_delta, every) or None, got {early_stop!r}")
+        if _is_traced(early_stop.every):
+            raise TypeError("early_stop.every must be a static Python int >= 1 (it shapes the program), got a traced "
+                            "value; vmap over patience / min_delta instead")
+        early_stop = early_stop._replace(every=_int_arg("early_stop.every", early_stop.every, 1))
         if not _is_traced(early_stop.patience):
             _int_arg("early_stop.patience", early_stop.patience, 1)
         _nonnegative("early_stop.min_delta", early_stop.min_delta, strict=False)
@@ -325,7 +341,7 @@ def fit(
     opt = optax.with_extra_args_support(optimizer)
     record_dtype = jnp.promote_types(dtype, jnp.float32)
     ids, n_groups, _ = _group_ids(trainable, groups)
-    state = _fresh_state(trainable, opt, key, record_dtype, loss_scale)
+    state = _fresh_state(trainable, opt, key, record_dtype, loss_scale, early_stop)
     opt_state = state.opt_state
     first, total, stored = 0, steps, None
     if resume_from is not None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Any
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
@@ -31,6 +31,22 @@ from optlab.engine.checkpoint import TrainState
 from optlab.engine.precision import DynamicLossScale
 
 _BATCHING = "fit/batching"  # stored-trace entry [batch_size (-1: full batch), shuffle]: checked on resume
+
+
+class StopBlock(NamedTuple):
+    """Block early stopping's state (``EarlyStop(every=k > 1)``), in ``TrainState.stop_block``.
+
+    Blocks are the absolute steps ``[j*k, (j+1)*k)``; keeping the running sum in the state makes a run resumed
+    mid-block bit-identical to an uninterrupted one.
+    """
+
+    loss_sum: jax.Array  # () float: sum of the current block's recorded losses so far (0 at a block start)
+    best_mean: jax.Array  # () float: lowest block-mean loss seen (inf before the first finite one)
+
+
+def _block_every(early_stop: Any) -> int:
+    """The early-stopping block length: 1 (per-step test) without early stopping."""
+    return 1 if early_stop is None else early_stop.every
 
 
 def _batching_tag(batch_size: int | None, shuffle: bool) -> dict[str, jax.Array]:
@@ -56,7 +72,10 @@ def _check_batching(path: Any, stored: dict, batch_size: int | None, shuffle: bo
 
 
 def _fresh_state(trainable: Any, opt: optax.GradientTransformation, key: jax.Array, record_dtype: Any,
-                 loss_scale: Any = None) -> TrainState:
+                 loss_scale: Any = None, early_stop: Any = None) -> TrainState:
+    # Only block early stopping carries a StopBlock: every=1 runs keep their leaves (and checkpoint layout).
+    block = None if _block_every(early_stop) == 1 else StopBlock(jnp.zeros((), record_dtype),
+                                                                 jnp.full((), jnp.inf, record_dtype))
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=trainable,
@@ -69,6 +88,7 @@ def _fresh_state(trainable: Any, opt: optax.GradientTransformation, key: jax.Arr
         stopped_at=jnp.full((), -1, jnp.int32),
         skipped=jnp.zeros((), jnp.int32),
         loss_scale=loss_scale.init() if isinstance(loss_scale, DynamicLossScale) else None,
+        stop_block=block,
     )
 
 
@@ -110,6 +130,12 @@ def _fill_start(start: TrainState, fresh: TrainState, opt, dtype, record_dtype, 
                              "loss_scale=DynamicLossScale(...) or start.loss_scale=None")
         scaler = precision.LossScaleState(*(scalar(v, d, jnp.asarray(d).dtype)
                                             for v, d in zip(start.loss_scale, fresh.loss_scale)))
+    block = fresh.stop_block
+    if start.stop_block is not None:
+        if fresh.stop_block is None:
+            raise ValueError("start.stop_block holds block early stopping's state, but this fit has none: pass "
+                             "early_stop=EarlyStop(..., every=k > 1) or start.stop_block=None")
+        block = StopBlock(*(scalar(v, d, record_dtype) for v, d in zip(start.stop_block, fresh.stop_block)))
 
     return TrainState(
         step=scalar(start.step, fresh.step, jnp.int32),
@@ -123,6 +149,7 @@ def _fill_start(start: TrainState, fresh: TrainState, opt, dtype, record_dtype, 
         stopped_at=scalar(start.stopped_at, fresh.stopped_at, jnp.int32),
         skipped=scalar(start.skipped, fresh.skipped, jnp.int32),
         loss_scale=scaler,
+        stop_block=block,
     )
 
 
@@ -139,19 +166,21 @@ def start_state(
     stopped_at: Any = None,
     skipped: Any = None,
     loss_scale: Any = None,
+    stop_block: Any = None,
 ) -> TrainState:
     """A partial :class:`TrainState` for ``fit(start=...)``: fields left None are filled by ``fit``.
 
     Filled values: ``params`` from fit's ``params``, ``opt_state`` from ``optimizer.init(params)`` (a moment
     reset), ``key`` from fit's ``key``, ``step`` 0, ``best_params`` the start params, ``best_loss`` inf, ``best_step``
     / ``stopped_at`` -1, ``wait`` / ``skipped`` 0, ``loss_scale`` (a :class:`~optlab.engine.precision.LossScaleState`,
-    only with ``fit(loss_scale=DynamicLossScale(...))``) the scaler's initial state. Every field may be a traced
-    array (vmap over cells' states).
+    only with ``fit(loss_scale=DynamicLossScale(...))``) the scaler's initial state, ``stop_block`` (a
+    :class:`StopBlock`, only with ``EarlyStop(every > 1)``) an empty block and no best block mean. Every field may
+    be a traced array (vmap over cells' states).
     ``params`` are the trainable (inexact-array) leaves, as in a checkpoint's ``state.params``.
 
     Args:
-      params, opt_state, step, key, best_params, best_loss, best_step, wait, stopped_at, skipped, loss_scale: as in
-        :class:`TrainState`.
+      params, opt_state, step, key, best_params, best_loss, best_step, wait, stopped_at, skipped, loss_scale,
+        stop_block: as in :class:`TrainState`.
 
     Returns:
       A :class:`TrainState` whose missing fields are None.
@@ -161,7 +190,7 @@ def start_state(
       >>> fit(loss, params, optax.sgd(1e-2), steps=500, start=start_state(s.params, step=s.step))  # doctest: +SKIP
     """
     return TrainState(step, params, opt_state, key, best_params, best_loss, best_step, wait, stopped_at, skipped,
-                      loss_scale)
+                      loss_scale, stop_block)
 
 
 def load_state(
@@ -172,6 +201,7 @@ def load_state(
     dtype: Any = "float32",
     reset_optimizer_state: bool = False,
     loss_scale: Any = None,
+    early_stop: Any = None,
 ) -> TrainState:
     """Loads a checkpoint written by ``fit`` into a :class:`TrainState` for ``fit(start=...)``, on the host.
 
@@ -182,6 +212,7 @@ def load_state(
       dtype: that fit's ``dtype``.
       reset_optimizer_state: drop the stored optimizer state (``opt_state`` None: ``fit`` re-initialises it).
       loss_scale: that fit's ``loss_scale`` (a :class:`DynamicLossScale` stores its state in the checkpoint).
+      early_stop: that fit's ``early_stop`` (``EarlyStop(every > 1)`` stores its block state in the checkpoint).
 
     Returns:
       The stored :class:`TrainState` (a stacked list of them vmaps: ``jax.tree.map(lambda *x: jnp.stack(x), ...)``).
@@ -193,13 +224,15 @@ def load_state(
     dtype = _resolve_dtype(dtype)
     trainable = _cast(eqx.partition(params, eqx.is_inexact_array)[0], dtype)
     opt = optax.with_extra_args_support(optimizer)
-    like = _fresh_state(trainable, opt, jax.random.key(0), jnp.promote_types(dtype, jnp.float32), loss_scale)
+    like = _fresh_state(trainable, opt, jax.random.key(0), jnp.promote_types(dtype, jnp.float32), loss_scale,
+                        early_stop)
     with jax.ensure_compile_time_eval():
         loaded = ckpt.load_checkpoint(path, like._replace(opt_state=None) if reset_optimizer_state else like)
     return loaded.state
 
 
 __all__ = [
+    "StopBlock",
     "load_state",
     "start_state",
 ]

@@ -29,6 +29,7 @@ from optlab.engine import precision
 from optlab.engine.batching import batch_at
 from optlab.engine.checkpoint import TrainState
 from optlab.engine.precision import DynamicLossScale
+from optlab.engine.state import StopBlock, _block_every
 from optlab.optimizers import grouping
 
 # Optimizer-state fields that count updates the optimizer itself skipped (optlab's Newton-root family, and
@@ -87,6 +88,7 @@ def _make_chunk(loss_of, combine, opt, *, log_every, batch_size, shuffle, schedu
                 trace_updates):
     """Builds ``run_chunk(state, data, n_rows) -> (state, rows, loss at the final params)``, jitted."""
     dynamic = isinstance(loss_scale, DynamicLossScale)
+    every = _block_every(early_stop)  # static: 1 keeps the per-step test (and its compiled program) unchanged
 
     def row_of(value, grads, lr, opt_state, scale, applied, params):
         # The trace entries derived from one step; computed on logged steps only.
@@ -145,8 +147,21 @@ def _make_chunk(loss_of, combine, opt, *, log_every, batch_size, shuffle, schedu
         finite = _computed_once(jnp.isfinite(value) & _all_finite(grads, updates))
         value = value.astype(record_dtype)
         improved = running & (value < state.best_loss)  # False for NaN
-        wait, stopped_at = state.wait, state.stopped_at
-        if early_stop is not None:
+        wait, stopped_at, block = state.wait, state.stopped_at, state.stop_block
+        if every > 1:
+            # Block test: once per block of `every` absolute steps, on the block's mean loss (a NaN in the block makes
+            # the mean NaN: no improvement). The block's last update is applied, as an epoch loop that checks after
+            # the epoch, so stopped_at is the block's end and still counts the applied updates.
+            total = block.loss_sum + value
+            ends = (t + 1) % every == 0
+            mean = total / every
+            check = running & ends
+            significant = mean < block.best_mean - early_stop.min_delta
+            wait = jnp.where(check, jnp.where(significant, 0, wait + 1), wait)
+            stopped_at = jnp.where(check & (wait >= early_stop.patience), t + 1, stopped_at)
+            block = StopBlock(jnp.where(ends, jnp.zeros_like(total), total),
+                              jnp.where(check & (mean < block.best_mean), mean, block.best_mean))
+        elif early_stop is not None:
             significant = value < state.best_loss - early_stop.min_delta
             wait = jnp.where(running, jnp.where(significant, 0, wait + 1), wait)
             stop_now = running & (wait >= early_stop.patience)
@@ -173,6 +188,7 @@ def _make_chunk(loss_of, combine, opt, *, log_every, batch_size, shuffle, schedu
             stopped_at=stopped_at,
             skipped=state.skipped + skipped.astype(jnp.int32),
             loss_scale=scaler_state,
+            stop_block=block,
         )
         applied = lambda: optax.tree.where(apply, updates, optax.tree.zeros_like(updates))  # noqa: E731
         row = row_of(value, grads, lr, new.opt_state, scale, applied, state.params) if log else None

@@ -19,6 +19,8 @@ _REGISTRY: dict[str, str] = {
     "newton-root": "optlab.studies.newton_root",
     "correction": "optlab.studies.correction",
     "linreg-recipe": "optlab.studies.linreg_recipe",
+    "gaussian-divergence": "optlab.studies.gaussian_divergence",
+    "ssm-stability": "optlab.studies.ssm_stability",
 }
 
 

@@ -11,8 +11,10 @@ Choices where the note leaves a setting open (the report repeats them):
 
 - schedule per *epoch*, as the note's ``get_lr_schedule``: ``lr·(e+1)/warmup`` for epoch ``e < warmup``, then a
   half cosine to 0 that ends at ``decay_epochs`` (and stays 0); "slow cosine" moves that end from 30 to 100 epochs.
-- patience counts epochs (``patience × steps per epoch`` steps of :class:`~optlab.engine.loop.EarlyStop`) on the
-  per-batch losses ``fit`` records; min_improvement is its ``min_delta``.
+- early stopping per epoch, as the note's (PyTorch) loop almost surely does: once per epoch on the epoch-mean
+  training loss (:class:`~optlab.engine.loop.EarlyStop` with ``every`` = steps per epoch), patience in epochs,
+  min_improvement its ``min_delta``. (Counting ``patience × steps per epoch`` steps on per-batch losses let a lucky
+  low batch set the best and stopped the baseline near epoch 15 of its 30.)
 - clip: global-norm clipping of the gradient at 1.0 (DeepSpeed's ``gradient_clipping``); baseline: none.
 - "explicit Adam" (0.9, 0.999, 1e-8, wd 0) is PyTorch's ``torch.optim.Adam`` default, i.e. the baseline's Adam:
   the switch exists, and the study shows it changes nothing.
@@ -203,7 +205,7 @@ def recipe_fit(config: LinregRecipeConfig, hp: dict, key: jax.Array, *, precisio
     explicit = jnp.asarray(hp["adam"], jnp.float32) > 0.5
     b1, b2, eps, wd = (jnp.where(explicit, e, b) for e, b in zip(EXPLICIT_ADAM, BASE_ADAM))
     optimizer = optax.adamw(hp["lr"], b1=b1, b2=b2, eps=eps, weight_decay=wd)
-    patience = hp["patience"] * per_epoch
+    patience = hp["patience"]  # in epochs: the early-stop test runs once per epoch on the epoch-mean loss
     if _concrete(patience):
         patience = int(patience)
     clip = hp["clip"]
@@ -212,7 +214,7 @@ def recipe_fit(config: LinregRecipeConfig, hp: dict, key: jax.Array, *, precisio
     steps = int(hp["epochs"]) * per_epoch
     result = loop.fit(lp.loss, p0, optimizer, steps=steps, key=k_order, data=data, batch_size=config.batch_size,
                       shuffle=bool(hp["shuffle"]), schedule=schedule_fn(per_epoch, hp["warmup"], hp["slow_cosine"]),
-                      clip=clip, early_stop=loop.EarlyStop(patience, hp["min_improvement"]),
+                      clip=clip, early_stop=loop.EarlyStop(patience, hp["min_improvement"], every=per_epoch),
                       log_every=1 if every_step else per_epoch * int(hp["logging"]), metrics_fn=lambda p: dict(p),
                       trace_updates=trace_updates, **precision_kwargs(precision))
     return result, data, p0

@@ -9,6 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import optlab
 from optlab.engine import EarlyStop, batching, fit, schedules
@@ -243,6 +245,82 @@ def test_early_stop_min_delta():
     assert int(result.stopped_at) == 3 and int(result.best_step) == 3 and float(result.params) == 3.0
 
 
+def _block_reference(losses, every, patience, min_delta):
+    """Epoch-loop early stopping in float32: (stopped_at, per-step best step over the applied steps)."""
+    best, wait, stopped = np.float32(np.inf), 0, len(losses)
+    for j in range(len(losses) // every):
+        total = np.float32(0.0)
+        for v in losses[j * every:(j + 1) * every]:
+            total = np.float32(total + v)
+        mean = np.float32(total / np.float32(every))
+        wait = 0 if mean < np.float32(best - np.float32(min_delta)) else wait + 1
+        best = min(best, mean)
+        if wait >= patience:
+            stopped = (j + 1) * every  # the block is completed, then the run freezes
+            break
+    return stopped, int(np.argmin(losses[:stopped]))
+
+
+@settings(max_examples=6, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), every=st.sampled_from([2, 3]))
+def test_block_early_stop_matches_epoch_loop(seed, every):
+    # loss = the batch's value (data shuffle off, batch 1), params move by +1 per applied update: params count the
+    # applied updates. Quarter-integer losses make block sums exact and ties frequent. One vmapped fit over cases
+    # with traced patience / min_delta.
+    rng = np.random.default_rng(seed)
+    steps, cases = 4 * every, 12
+    losses = rng.integers(0, 12, size=(cases, steps)).astype(np.float32) / 4
+    patience = rng.integers(1, 4, size=cases).astype(np.int32)
+    min_delta = rng.choice(np.float32([0.0, 0.25, 0.6]), size=cases)
+
+    def run(seq, pat, delta):
+        return fit(lambda p, b: b[0] + 0.0 * p, jnp.zeros(()), constant_step(1.0), steps=steps, data=seq,
+                   batch_size=1, shuffle=False, early_stop=EarlyStop(pat, delta, every=every))
+
+    result = jax.vmap(run)(jnp.asarray(losses), jnp.asarray(patience), jnp.asarray(min_delta))
+    for i in range(cases):
+        stopped, best_step = _block_reference(losses[i], every, int(patience[i]), float(min_delta[i]))
+        assert int(result.stopped_at[i]) == stopped == float(result.params[i])
+        assert int(result.best_step[i]) == best_step  # best_* still track the per-step best
+        np.testing.assert_array_equal(result.trace["loss"][i], losses[i])
+
+
+def test_block_early_stop_freezes_at_block_end():
+    # Block means of the overshoot losses (every 2): 7.54, 0.74, 1.04 -> no improvement in block 2, patience 1:
+    # the block's two updates are applied and the run freezes at step 6 (per-step test: frozen at step 5).
+    result = _overshoot(EarlyStop(patience=1, every=2))
+    assert int(result.stopped_at) == 6 and float(result.params) == 6.0 and int(result.best_step) == 3
+    np.testing.assert_allclose(result.state.stop_block.best_mean, (1.44 + 0.04) / 2, rtol=1e-6)
+    assert int(result.state.wait) == 1
+
+
+def test_early_stop_every_one_is_the_per_step_program():
+    plain, explicit = _overshoot(EarlyStop(2)), _overshoot(EarlyStop(2, every=1))
+    chex.assert_trees_all_equal(plain.state, explicit.state)
+    assert plain.state.stop_block is None  # no extra leaves: checkpoints keep their layout
+
+
+def test_block_early_stop_resume_mid_block_is_bit_identical(tmp_path):
+    # Blocks of 3 steps, checkpoints every 4: each resume starts mid-block with a partial sum in the state.
+    stop = EarlyStop(2, 1e-2, every=3)
+
+    def run(steps, **kwargs):
+        return fit(mse, PARAMS, optax.adam(0.1), steps=steps, data=DATA, batch_size=2, key=jax.random.key(1),
+                   early_stop=stop, **kwargs)
+
+    whole = run(24)
+    assert int(whole.stopped_at) < 24 and int(whole.stopped_at) % 3 == 0  # the test exercises a block stop
+    run(8, checkpoint_every=4, checkpoint_dir=tmp_path)
+    resumed = run(24, resume_from=tmp_path / "checkpoint_000004.eqx")
+    chex.assert_trees_all_equal((resumed.state, resumed.trace), (whole.state, whole.trace))
+    state = optlab.engine.loop.load_state(tmp_path / "checkpoint_000004.eqx", PARAMS, optax.adam(0.1),
+                                          early_stop=stop)
+    assert float(state.stop_block.loss_sum) > 0  # step 4 is mid-block: the partial sum is stored
+    continued = run(20, start=state)
+    chex.assert_trees_all_equal(continued.state, whole.state)
+    chex.assert_trees_all_equal(continued.trace, jax.tree.map(lambda r: r[4:], whole.trace))
+
+
 def test_nan_loss_step_is_skipped_and_state_kept():
     x = jnp.array([1.0, jnp.nan, 2.0, 3.0, 1.0])
     loss = lambda p, b: jnp.sum((p - b) ** 2)  # noqa: E731
@@ -376,6 +454,8 @@ def test_newton_root_gets_value_and_its_step_scale_is_recorded():
         ({"loss_scale": 0.0}, ValueError, "loss_scale"),
         ({"early_stop": 3}, TypeError, "early_stop"),
         ({"early_stop": EarlyStop(0)}, ValueError, "patience"),
+        ({"early_stop": EarlyStop(2, every=0)}, ValueError, "early_stop.every"),
+        ({"early_stop": EarlyStop(2, every=2.0)}, TypeError, "early_stop.every"),
         ({"groups": "per_row"}, ValueError, "groups='per_row'"),
         ({"checkpoint_every": 2}, ValueError, "checkpoint_dir"),
         ({"checkpoint_every": 3, "checkpoint_dir": "x", "log_every": 2}, ValueError, "multiple of log_every"),

@@ -62,6 +62,25 @@ def test_logging_on_off_is_bit_identical():
     assert lr.logging_check(TINY, seeds=1)["identical"]
 
 
+@pytest.mark.parametrize("min_improvement", [1e-6, 0.02, 1e3])
+def test_early_stop_is_per_epoch_on_the_epoch_mean_loss(min_improvement):
+    # The note's epoch loop: after each epoch, compare the mean of its batch losses with the best epoch mean so
+    # far; stop (after completing that epoch) once `patience` epochs in a row failed to beat it by min_improvement.
+    hp = {**lr.recipe(TINY, ["epochs"]), "min_improvement": min_improvement}  # 4 epochs, patience 1
+    res = lr.recipe_fit(TINY, hp, jax.random.key(0), every_step=True)[0]
+    losses = np.asarray(res.trace["loss"]).reshape(int(hp["epochs"]), TINY.per_epoch)
+    best, wait, stop = np.inf, 0, losses.size
+    for epoch, mean in enumerate(losses.mean(axis=1, dtype=np.float32)):
+        wait = 0 if mean < np.float32(best - np.float32(min_improvement)) else wait + 1
+        best = min(best, mean)
+        if wait >= hp["patience"]:
+            stop = (epoch + 1) * TINY.per_epoch
+            break
+    assert int(res.stopped_at) == stop and int(res.stopped_at) % TINY.per_epoch == 0
+    if min_improvement == 1e3:  # nothing is an improvement after the first epoch: the second one is the last
+        assert stop == 2 * TINY.per_epoch
+
+
 def test_the_note_rows_consistency_arithmetic():
     from optlab.studies.linreg_recipe_claims import _consistency
     assert _consistency(0.2715, 25.10, 14.49, 1000) is None  # the baseline row is possible

@@ -1,0 +1,81 @@
+"""Speed of the 2-D Gaussian image fit (lab note 004): iterations / s of one run, configs·iterations / s of a
+vmapped grid, and how time and memory grow with N and the image size (not a test).
+
+The note's Rust baseline ran 150–185 it/s at N = 50 on 64×64 (its own number, on its own machine). Memory is the
+peak of XLA's temporary buffers for one step's value and gradient (``compiled.memory_analysis()``), which the
+pixel chunking bounds.
+
+Usage: ``.venv/bin/python benchmarks/bench_gaussian.py [--steps 500] [--grid 8] [--ns 50,500,5000] [--sizes 64,128,256]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import optax
+
+from optlab.engine import loop
+from optlab.problems import gaussian_image as gi
+
+
+def _fit(n: int, size: int, steps: int, chunk: int):
+    target = gi.synthetic_target(size)
+    loss = gi.make_loss(target, chunk=chunk)
+    opt = optax.adam(1e-3)
+
+    def run(key):
+        res = loop.fit(loss, gi.init_params(key, n, (size, size)), opt, steps=steps, log_every=steps)
+        # depend on the final parameters: the trace row alone is step 0's loss, and XLA would drop the other steps
+        return res.trace["loss"] + 0.0 * sum(v.sum() for v in jax.tree.leaves(res.params))
+
+    return run, loss
+
+
+def _rate(fn, *args, repeat: int = 1) -> float:
+    jax.block_until_ready(fn(*args))  # compile
+    start = time.perf_counter()
+    for _ in range(repeat):
+        jax.block_until_ready(fn(*args))
+    return (time.perf_counter() - start) / repeat
+
+
+def _step_memory_mib(loss, n: int, size: int) -> float:
+    params = gi.init_params(jax.random.key(0), n, (size, size))
+    compiled = jax.jit(jax.value_and_grad(loss)).lower(params).compile()
+    stats = compiled.memory_analysis()
+    return float(getattr(stats, "temp_size_in_bytes", 0)) / 2 ** 20 if stats is not None else float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument("--grid", type=int, default=8, help="configs in the vmapped grid")
+    parser.add_argument("--ns", default="50,500,5000")
+    parser.add_argument("--sizes", default="64,128,256")
+    parser.add_argument("--chunk", type=int, default=gi.DEFAULT_CHUNK)
+    args = parser.parse_args()
+    print(f"backend {jax.default_backend()}, {jax.device_count()} device(s)")
+
+    run, _ = _fit(50, 64, args.steps, args.chunk)
+    one = jax.jit(run)
+    seconds = _rate(one, jax.random.key(0))
+    print(f"one run, N=50, 64x64: {args.steps / seconds:.0f} it/s (note's Rust baseline: 150-185 it/s)")
+    grid = jax.jit(jax.vmap(run))
+    keys = jax.random.split(jax.random.key(0), args.grid)
+    seconds = _rate(grid, keys)
+    print(f"vmapped grid of {args.grid}: {args.grid * args.steps / seconds:.0f} configs·it/s")
+
+    print("scaling (steps/s of value_and_grad + Adam, peak temp memory of one step):")
+    for size in (int(s) for s in args.sizes.split(",")):
+        for n in (int(v) for v in args.ns.split(",")):
+            steps = max(args.steps // 10, 5)
+            run, loss = _fit(n, size, steps, args.chunk)
+            seconds = _rate(jax.jit(run), jax.random.key(0))
+            print(f"  N={n:5d} {size:3d}x{size:<3d}: {steps / seconds:8.1f} it/s, "
+                  f"{_step_memory_mib(loss, n, size):8.1f} MiB temp")
+
+
+if __name__ == "__main__":
+    main()
