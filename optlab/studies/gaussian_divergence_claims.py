@@ -225,6 +225,8 @@ def hypotheses_section(config, base, fixes, hyp, combo) -> Section:
         verdict, why = "untestable as stated", "the baseline lr is not in hyp_lrs"
     elif not lower:
         verdict, why = "untestable as stated", "hyp_lrs has no lr below the baseline"
+    elif all(v <= tol for v in med.values()):  # no divergence anywhere in the grid: nothing for the lr to explain
+        verdict, why = "inconclusive", f"no lr of the grid rose (median final/best ≤ {tol:g} everywhere)"
     else:
         at = med[min(lrs, key=lambda v: abs(v - config.lr))]
         below = med[lower[0]]
