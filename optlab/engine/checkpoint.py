@@ -19,12 +19,7 @@ This module is the one import path for both layers: the file format lives in :mo
 (encode / read / verify / load / resume) and the folder in :mod:`optlab.engine.checkpoint_dir` (names, run ids,
 locked writers, listing, best / latest).
 
-A directory of checkpoints belongs to one run: every header carries the run id, and a save refuses a directory that
-holds another run's checkpoints unless ``overwrite=True`` (which deletes them); ``.checkpoints.run`` records the id
-of the run that wrote last, so a run's later saves need not read every header again. Writers take turns through the
-lock file ``.checkpoints.lock`` (an flock: released by the kernel if the holder dies), and each save first deletes
-the temp files a killed writer left. :func:`list_checkpoints`, :func:`latest_checkpoint` and :func:`best_checkpoint`
-skip damaged files with one :class:`CheckpointWarning` naming them; none of them ever returns a damaged file.
+The run-per-folder, lock and damaged-file rules are described once, in :mod:`optlab.engine.checkpoint_dir`.
 
 Example:
   >>> # fit(loss, params, optax.adam(1e-3), steps=1000, checkpoint_every=100, checkpoint_dir="ckpt")

@@ -48,11 +48,11 @@ import optax
 from optlab import _atomic, ablation
 from optlab.engine import loop
 from optlab.engine.grid import run_grid
-from optlab.engine.interrupt import GridInterrupted
 from optlab.engine.precision import DynamicLossScale
 from optlab.problems import linreg_recipe as lp
-from optlab.studies.base import Section, Study, StudyResult, Table
+from optlab.studies.base import Study, StudyResult
 from optlab.studies.config import Settings, setting
+from optlab.studies.stages import interrupted_section, run_stages
 
 # The switches in the note's order (method 1..9, then init); "logging" (method 10) is checked apart.
 SWITCHES = ("lr", "epochs", "warmup", "slow_cosine", "shuffle", "patience", "min_improvement", "clip", "adam", "init")
@@ -408,22 +408,11 @@ def run(config: LinregRecipeConfig, *, progress: bool = True, run_dir: Path | No
     stages = (("factorial", lambda: factorial(config, progress)),
               ("precision", lambda: precision_grid(config, progress)),
               ("lr_epochs", lambda: lr_epochs_grid(config, progress)))
-    done, rows, results = 0, [], {}
-    for name, make in stages:
-        try:
-            out = make()
-        except GridInterrupted as stopped:  # an earlier Ctrl-C: this grid never started
-            out = stopped.result
-        grids = list(out.values()) if isinstance(out, dict) else [out.grid if isinstance(out, ablation.Ablation)
-                                                                   else out]
-        rows += [{"grid": name, **r} for grid in grids for r in grid.to_rows()]
-        done += sum(len(grid) for grid in grids)
-        if not all(grid.complete for grid in grids):
-            grid = grids[-1]
-            section = Section(f"{name}: interrupted", f"{len(grid)} cells finished; no claim is computed.")
-            return StudyResult("linreg-recipe", title, dataclasses.asdict(config), [section], rows=rows,
-                               complete=False, cells_done=done, cells_total=total, seconds=time.perf_counter() - start)
-        results[name] = out
+    run = run_stages(stages)
+    rows, done, results = run.rows, run.done, run.results
+    if run.stopped is not None:
+        return StudyResult("linreg-recipe", title, dataclasses.asdict(config), [interrupted_section(run)], rows=rows,
+                           complete=False, cells_done=done, cells_total=total, seconds=time.perf_counter() - start)
     if run_dir is not None:
         _atomic.write_csv(Path(run_dir) / "precision_steps.csv", precision_steps(results["precision"]))
     sections = lc.sections(config, results["factorial"], results["precision"], results["lr_epochs"],

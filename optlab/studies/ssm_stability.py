@@ -36,10 +36,10 @@ import numpy as np
 from optlab import ablation
 from optlab.engine import loop
 from optlab.engine.grid import run_grid
-from optlab.engine.interrupt import GridInterrupted
 from optlab.problems import cayley_ssm as cs
-from optlab.studies.base import Section, Study, StudyResult
+from optlab.studies.base import Study, StudyResult
 from optlab.studies.config import Settings, setting
+from optlab.studies.stages import interrupted_section, run_stages
 
 RECIPE_KEYS = ("learning_rate", "weight_decay", "warmup_steps", "gradient_clip", "unitary_lambda", "scheduler_type")
 # The note's recipes as it states them (hypotheses to test, never results). unitary_lambda "(missing)" is 0.
@@ -301,21 +301,11 @@ def run(config: SSMStabilityConfig, *, progress: bool = True, run_dir: Path | No
               ("lr_grid", lambda: lr_grid(config, progress)),
               ("schedulers", lambda: scheduler_grid(config, progress)))
     total = (2 ** len(switches(config)) + 2 * len(config.solvers) + 2 * len(config.lr_grid) + len(ARMS)) * config.seeds
-    done, rows, results = 0, [], {}
-    for name, make in stages:
-        try:
-            out = make()
-        except GridInterrupted as stopped:  # an earlier Ctrl-C: this grid never started
-            out = stopped.result
-        grid = out.grid if isinstance(out, ablation.Ablation) else out
-        rows += [{"grid": name, **{k: v for k, v in r.items() if k not in TRACES}} for r in grid.to_rows()]
-        done += len(grid)
-        if not grid.complete:
-            section = Section(f"{name}: interrupted", f"{len(grid)} cells finished; no claim is computed.")
-            return StudyResult("ssm-stability", title, dataclasses.asdict(config), [section], rows=rows,
-                               complete=False, cells_done=done, cells_total=total,
-                               seconds=time.perf_counter() - start)
-        results[name] = out
+    run = run_stages(stages, row=lambda r: {k: v for k, v in r.items() if k not in TRACES})
+    rows, done, results = run.rows, run.done, run.results
+    if run.stopped is not None:
+        return StudyResult("ssm-stability", title, dataclasses.asdict(config), [interrupted_section(run)], rows=rows,
+                           complete=False, cells_done=done, cells_total=total, seconds=time.perf_counter() - start)
     sweep = solve_sweep(config)
     rows += [{"grid": "solve_sweep", **r} for r in sweep]
     sections = claims.sections(config, results, sweep)
