@@ -27,4 +27,4 @@ bench: venv
 	$(BIN)/python benchmarks/bench_optimizers.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) .venv-newest runs .pytest_cache

@@ -31,8 +31,6 @@ Example:
 
 from __future__ import annotations
 
-import functools
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +40,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from optlab.engine.grid import _is_number, run_grid
+from optlab._shapley import interaction_matrix as _interaction_matrix
+from optlab._shapley import shapley_matrix as _shapley_matrix
 from optlab.engine.grid_result import SEED_AXIS, GridResult
 
 MAX_SWITCHES = 20  # 2^20 recipes × seeds is already past what a factorial should be asked to run
@@ -165,38 +165,6 @@ def factorial(
                     static=[s.name for s in switches if s.static], mesh=mesh, chunk_size=chunk_size,
                     progress=progress, label=label)
     return Ablation(grid, switches, base)
-
-
-def _popcount(masks: np.ndarray) -> np.ndarray:
-    return np.array([bin(int(m)).count("1") for m in masks], dtype=int)
-
-
-@functools.lru_cache(maxsize=32)
-def _shapley_matrix(k: int) -> np.ndarray:
-    """``(k, 2^k)`` weights ``M`` with ``φ = M @ v``: φ_i = Σ_{S∌i} |S|!(k−|S|−1)!/k! (v(S∪{i}) − v(S))."""
-    masks = np.arange(2**k)
-    size = _popcount(masks)
-    weights = np.array([math.factorial(s) * math.factorial(k - s - 1) / math.factorial(k) for s in range(k)])
-    matrix = np.zeros((k, 2**k))
-    for i in range(k):
-        without = masks[(masks >> i) & 1 == 0]
-        np.add.at(matrix[i], without | (1 << i), weights[size[without]])
-        np.add.at(matrix[i], without, -weights[size[without]])
-    matrix.flags.writeable = False  # cached and shared between calls
-    return matrix
-
-
-def _interaction_matrix(k: int, i: int, j: int) -> np.ndarray:
-    """Weights of the Shapley interaction index of i ≠ j over the 2^k coalition values."""
-    masks = np.arange(2**k)
-    rest = masks[((masks >> i) & 1 == 0) & ((masks >> j) & 1 == 0)]
-    size = _popcount(rest)
-    weights = np.array([math.factorial(s) * math.factorial(k - s - 2) / math.factorial(k - 1) for s in range(k - 1)])
-    row = np.zeros(2**k)
-    w = weights[size]
-    for sign, add in ((1, (1 << i) | (1 << j)), (-1, 1 << i), (-1, 1 << j), (1, 0)):
-        np.add.at(row, rest | add, sign * w)
-    return row
 
 
 def _fmt(value: float) -> str:
