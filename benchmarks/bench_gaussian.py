@@ -5,7 +5,10 @@ The note's Rust baseline ran 150–185 it/s at N = 50 on 64×64 (its own number,
 peak of XLA's temporary buffers for one step's value and gradient (``compiled.memory_analysis()``), which the
 pixel chunking bounds.
 
-Usage: ``.venv/bin/python benchmarks/bench_gaussian.py [--steps 500] [--grid 8] [--ns 50,500,5000] [--sizes 64,128,256]``
+Two scaling sweeps, each from one point: N (``--ns``) on a 64×64 image, and the image side (``--sizes``) at N = 50.
+
+Usage: ``.venv/bin/python benchmarks/bench_gaussian.py [--steps 500] [--grid 8] [--ns 50,200,1000,5000]
+[--sizes 64,128,256] [--rasteriser sum]``
 """
 
 from __future__ import annotations
@@ -20,9 +23,9 @@ from optlab.engine import loop
 from optlab.problems import gaussian_image as gi
 
 
-def _fit(n: int, size: int, steps: int, chunk: int):
+def _fit(n: int, size: int, steps: int, chunk: int, rasteriser: str = "sum"):
     target = gi.synthetic_target(size)
-    loss = gi.make_loss(target, chunk=chunk)
+    loss = gi.make_loss(target, rasteriser=rasteriser, chunk=chunk)
     opt = optax.adam(1e-3)
 
     def run(key):
@@ -48,33 +51,41 @@ def _step_memory_mib(loss, n: int, size: int) -> float:
     return float(getattr(stats, "temp_size_in_bytes", 0)) / 2 ** 20 if stats is not None else float("nan")
 
 
+def _scaling_row(n: int, size: int, steps: int, chunk: int, rasteriser: str) -> str:
+    run, loss = _fit(n, size, steps, chunk, rasteriser)
+    seconds = _rate(jax.jit(run), jax.random.key(0))
+    return (f"  N={n:5d} {size:3d}x{size:<3d}: {steps / seconds:8.1f} it/s, {1e3 * seconds / steps:8.2f} ms/it, "
+            f"{_step_memory_mib(loss, n, size):8.1f} MiB temp")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--grid", type=int, default=8, help="configs in the vmapped grid")
-    parser.add_argument("--ns", default="50,500,5000")
-    parser.add_argument("--sizes", default="64,128,256")
+    parser.add_argument("--ns", default="50,200,1000,5000", help="N sweep, on a 64x64 image")
+    parser.add_argument("--sizes", default="64,128,256", help="image-side sweep, at N = 50")
     parser.add_argument("--chunk", type=int, default=gi.DEFAULT_CHUNK)
+    parser.add_argument("--rasteriser", default="sum", choices=gi.RASTERISERS)
     args = parser.parse_args()
-    print(f"backend {jax.default_backend()}, {jax.device_count()} device(s)")
+    print(f"backend {jax.default_backend()}, {jax.device_count()} device(s), rasteriser {args.rasteriser}, "
+          f"chunk {args.chunk}")
 
-    run, _ = _fit(50, 64, args.steps, args.chunk)
-    one = jax.jit(run)
-    seconds = _rate(one, jax.random.key(0))
+    run, _ = _fit(50, 64, args.steps, args.chunk, args.rasteriser)
+    seconds = _rate(jax.jit(run), jax.random.key(0))
     print(f"one run, N=50, 64x64: {args.steps / seconds:.0f} it/s (note's Rust baseline: 150-185 it/s)")
     grid = jax.jit(jax.vmap(run))
     keys = jax.random.split(jax.random.key(0), args.grid)
     seconds = _rate(grid, keys)
     print(f"vmapped grid of {args.grid}: {args.grid * args.steps / seconds:.0f} configs·it/s")
 
-    print("scaling (steps/s of value_and_grad + Adam, peak temp memory of one step):")
-    for size in (int(s) for s in args.sizes.split(",")):
-        for n in (int(v) for v in args.ns.split(",")):
-            steps = max(args.steps // 10, 5)
-            run, loss = _fit(n, size, steps, args.chunk)
-            seconds = _rate(jax.jit(run), jax.random.key(0))
-            print(f"  N={n:5d} {size:3d}x{size:<3d}: {steps / seconds:8.1f} it/s, "
-                  f"{_step_memory_mib(loss, n, size):8.1f} MiB temp")
+    # value_and_grad + Adam per step; memory: peak XLA temporaries of one value_and_grad
+    steps = max(args.steps // 10, 5)
+    print(f"scaling in N at 64x64 ({steps} steps each):")
+    for n in (int(v) for v in args.ns.split(",")):
+        print(_scaling_row(n, 64, steps, args.chunk, args.rasteriser), flush=True)
+    print(f"scaling in image size at N=50 ({steps} steps each):")
+    for size in (int(v) for v in args.sizes.split(",")):
+        print(_scaling_row(50, size, steps, args.chunk, args.rasteriser), flush=True)
 
 
 if __name__ == "__main__":

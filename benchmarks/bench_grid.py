@@ -275,6 +275,117 @@ def bench_compute(sizes, steps, n_loop, peak, repeats, with_bare, chunk_size=64)
               f"{loop_s * n / seconds:9.1f} {bare}")  # fmt: skip
 
 
+def make_stopping_cell(data, steps, stop_share):
+    """Linear regression, full batch, Adam: a cell whose seed falls in the first ``stop_share`` stops early.
+
+    Cells with a small patience (``steps // 50``) and a min_delta no Adam step can beat stop within the first
+    ~10 % of the steps; the others run to the end (patience above ``steps``).
+    """
+
+    def cell(hparams, key):
+        init_key, _ = jax.random.split(key)
+        stops = jax.random.uniform(jax.random.fold_in(key, 1)) < stop_share
+        result = optlab.fit(
+            mse,
+            mlp_init(init_key, (1, 1)),
+            optax.adam(hparams["lr"]),
+            steps=steps,
+            data=data,
+            early_stop=EarlyStop(patience=jnp.where(stops, steps // 50, steps + 1), min_delta=jnp.where(stops, 1e9, 0.0)),
+        )
+        return {"final_loss": result.trace["loss"][-1], "stopped_at": result.stopped_at, "trace": result.trace}
+
+    return cell
+
+
+def bench_compaction(n_configs, steps, repeats, compact_every):
+    """Wall time of one grid with and without ``compact_every``: 75 % of cells stopping early, and none stopping."""
+    data = regression_data(256)
+    print(f"\n## lane compaction: linear regression, 256 points full batch, {steps} steps, Adam, {n_configs} "
+          f"configs, compact_every={compact_every}")  # fmt: skip
+    print(f"{'grid':>28} {'plain s':>9} {'compact s':>10} {'speed-up':>9} {'stopped':>8} {'dropped':>8} "
+          f"{'segments':>9} {'widths':>18} identical")  # fmt: skip
+    axes, seeds = grid_axes(n_configs)
+    for name, share in (("75 % stop in first 10 %", 0.75), ("none stop", 0.0)):
+        cell = make_stopping_cell(data, steps, share)
+        best = {"plain": float("inf"), "compact": float("inf")}
+        results = {}
+        # the whole grid as one program (chunk_size=None), so re-packing narrows it; "auto" would run chunks of 256
+        kinds = (("plain", {}), ("compact", {"compact_every": compact_every}))
+        for kind, kw in kinds:  # warm-up: compile
+            optlab.run_grid(cell, axes, seeds=seeds, progress=False, chunk_size=None, **kw)
+        for _ in range(repeats):  # alternately, so both see the same load
+            for kind, kw in kinds:
+                start = time.perf_counter()
+                results[kind] = optlab.run_grid(cell, axes, seeds=seeds, progress=False, chunk_size=None, **kw)
+                best[kind] = min(best[kind], time.perf_counter() - start)
+        plain, compact = results["plain"], results["compact"]
+        same = all(np.array_equal(plain.outputs[k], compact.outputs[k], equal_nan=True) for k in plain.outputs)
+        stats = compact.info["compaction"][0]
+        stopped = int(np.sum(plain.outputs["stopped_at"] < steps))
+        print(f"{name:>28} {best['plain']:9.3f} {best['compact']:10.3f} {best['plain'] / best['compact']:9.2f} "
+              f"{stopped:8d} {stats['dropped']:8d} {stats['segments']:9d} {str(stats['widths']):>18} {same}")  # fmt: skip
+
+
+SWEEP_WIDTHS = (1, 4, 16, 64, 256, 1024)
+
+
+def bench_sweep(n_configs, tiny_steps, compute_steps, repeats, plot_path=None):
+    """configs/s against the vmap width (``chunk_size``) for the three regimes, and where ``"auto"`` lands.
+
+    Every width of a regime is timed in the same run (alternately, ``repeats`` rounds, fastest kept) after a warm-up
+    call that compiles it; the loop is baseline (a). Returns {regime: {width or "auto": seconds}}.
+    """
+    regimes = [
+        ("tiny: linear regression", make_cell((1, 1), regression_data(), tiny_steps, 32), tiny_steps),
+        ("tiny: 1->8->8->1 MLP", make_cell((1, 8, 8, 1), sine_data(1000), tiny_steps, 32), tiny_steps),
+        ("compute: 1->64->64->1 MLP", make_cell((1, 64, 64, 1), sine_data(256), compute_steps, None), compute_steps),
+    ]
+    axes, seeds = grid_axes(n_configs)
+    widths = [w for w in SWEEP_WIDTHS if w <= n_configs]
+    print(f"\n## width sweep: {n_configs} configs, configs/s against chunk_size (vmap width); auto = the default")
+    print(f"{'regime':>26} {'steps':>6} {'width':>6} {'grid s':>8} {'configs/s':>10} {'x loop':>7} {'/ best':>7}")
+    measured = {}
+    for name, cell, steps in regimes:
+        loop_s = time_loop_per_config(cell, 4, repeats)
+        kinds = [*widths, "auto"]
+        for kind in kinds:  # warm-up: compile each width (and run the cost model once for auto)
+            optlab.run_grid(cell, axes, seeds=seeds, chunk_size=kind, progress=False)
+        best = {kind: float("inf") for kind in kinds}
+        chosen = None
+        for _ in range(repeats):
+            for kind in kinds:
+                start = time.perf_counter()
+                result = optlab.run_grid(cell, axes, seeds=seeds, chunk_size=kind, progress=False)
+                best[kind] = min(best[kind], time.perf_counter() - start)
+                chosen = result.info["chunk_size"] if kind == "auto" else chosen
+        fastest = min(best[w] for w in widths)
+        for kind in kinds:
+            label = f"auto={chosen}" if kind == "auto" else str(kind)
+            print(f"{name:>26} {steps:6d} {label:>6} {best[kind]:8.3f} {n_configs / best[kind]:10.1f} "
+                  f"{loop_s * n_configs / best[kind]:7.2f} {best[kind] / fastest:7.2f}")  # fmt: skip
+        measured[name] = {"loop": loop_s * n_configs, "chosen": chosen, **best}
+    if plot_path:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for name, row in measured.items():
+            line = ax.plot(widths, [n_configs / row[w] for w in widths], marker="o", label=name)[0]
+            ax.plot([row["chosen"]], [n_configs / row["auto"]], marker="*", markersize=14, color=line.get_color())
+            ax.axhline(n_configs / row["loop"], color=line.get_color(), linestyle=":", linewidth=1)
+        ax.set(xscale="log", yscale="log", xlabel="vmap width (chunk_size)", ylabel="configs / s",
+               title=f"run_grid width sweep, {n_configs} configs (star: auto, dotted: loop)")
+        ax.set_xticks(widths, [str(w) for w in widths])
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(plot_path, dpi=120)
+        print(f"plot: {plot_path}")
+    return measured
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller grids and fewer steps")
@@ -286,7 +397,12 @@ def main():
     parser.add_argument(
         "--compute-bare", action="store_true", help="compute-bound: also time the bare reference (slow)"
     )
-    parser.add_argument("--only", choices=("tiny", "compute"), default=None, help="run one regime only")
+    parser.add_argument("--only", choices=("tiny", "compute", "compaction", "sweep"), default=None,
+                        help="run one regime only")
+    parser.add_argument("--sweep-steps", default="300,30",
+                        help="width sweep: steps of the tiny and the compute-bound regimes (per-config time is "
+                             "linear in steps)")
+    parser.add_argument("--plot", default=None, help="width sweep: write the configs/s plot (PNG) here")
     args = parser.parse_args()
     if args.repeat < 1:
         parser.error(f"--repeat must be >= 1, got {args.repeat}")
@@ -299,9 +415,14 @@ def main():
         ("linear regression y = 2x + 1", (1, 1), regression_data()),
         ("1->8->8->1 MLP", (1, 8, 8, 1), sine_data(1000)),
     ]:
-        if args.only != "compute":
+        if args.only in (None, "tiny"):
             bench_tiny(name, widths, data, tiny_steps, 32, args.shuffle, sizes, 16, 2, args.repeat)
-    if args.only != "tiny":
+    if args.only in (None, "compaction"):
+        bench_compaction(sizes[-1], tiny_steps, args.repeat, tiny_steps // 20)
+    if args.only in (None, "sweep"):
+        tiny_sweep, compute_sweep = (int(s) for s in args.sweep_steps.split(","))
+        bench_sweep(sizes[-1], tiny_sweep, compute_sweep, args.repeat, args.plot)
+    if args.only in (None, "compute"):
         bench_compute(sizes, compute_steps, 4, matmul_peak(), args.repeat, args.compute_bare)
 
 

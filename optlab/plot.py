@@ -266,8 +266,10 @@ def shapley_bars(rows: Sequence[Mapping], *, title: str = "", xlabel: str = "Sha
         tip = value if np.isfinite(value) else 0.0
         if np.isfinite(r.get("lo", np.nan)) and np.isfinite(r.get("hi", np.nan)):
             tip = max(tip, r["hi"]) if value >= 0 else min(tip, r["lo"])
-        ax.annotate(text, (tip, yi), xytext=(4 if value >= 0 else -4, 0),
-                    textcoords="offset points", ha="left" if value >= 0 else "right", va="center", fontsize=8)
+        # a negligible negative bar (|tip| < 2% of the largest) labels rightwards: leftwards it runs into the names
+        right = value >= 0 or abs(tip) < 0.02 * np.nanmax(np.abs(np.r_[values, 1e-300]))
+        ax.annotate(text, (tip, yi), xytext=(4 if right else -4, 0),
+                    textcoords="offset points", ha="left" if right else "right", va="center", fontsize=8)
     ax.set_yticks(y, names)
     ax.invert_yaxis()  # first switch on top, as in the table
     ax.set_xlabel(xlabel)

@@ -75,7 +75,9 @@ def test_config_yaml_reproduces_the_tiny_run(tiny_study, tmp_path, capsys):
 def test_config_yaml_reproduces_a_correction_run(tmp_path, capsys):
     # `correction --quick` shrunk further through --set / --grid; compile time still dominates (~15 s per run)
     first, second = tmp_path / "first", tmp_path / "second"
+    # the digits accuracy section (network=false here) has its own tests in tests/studies/test_correction_study.py
     argv = ["run", "correction", "--quick", "--set", "d_in=8", "--set", "d_out=8", "--set", "n=24", "--seeds", "2",
+            "--set", "network=false",
             "--grid", "magnitude=0.01,0.03", "--grid", "fraction=0.25", "--grid", "sweep=1", "--no-progress"]
     assert _run(argv + ["--out", str(first)], capsys)[0] == 0
     assert _run(["run", "correction", "--config", str(first / "config.yaml"), "--out", str(second),

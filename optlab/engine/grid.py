@@ -18,166 +18,35 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
-from optlab import _atomic
 from optlab.engine import interrupt as _interrupt
-from optlab.engine import cell_checkpoints as _cells
+from optlab.engine import chunking as _chunking
+from optlab.engine import compaction as _compaction
 from optlab.engine._checks import _int_arg
-from optlab.engine.grid_result import SEED_AXIS, GridResult, _python
+from optlab.engine.grid_axes import (  # noqa: F401 (_is_number: imported from here by optlab.ablation)
+    _check_axes,
+    _check_seeds,
+    _describe,
+    _is_number,
+    _resolve_mesh,
+    _write_cell_index,
+    product_index,
+)
+from optlab.engine.grid_program import (
+    _ByIdentity,
+    _cells,
+    _cells_program,
+    _hashable,
+    _place,
+    _to_host,
+    _uncacheable,
+)
+from optlab.engine.grid_result import SEED_AXIS, GridResult
 
 # tqdm.auto picks the widget bar inside Jupyter, whose stderr is not a terminal but shows bars fine
 _NOTEBOOK_BAR = any(c.__module__ == "tqdm.notebook" for c in tqdm.__mro__)
-def _is_number(value) -> bool:
-    if isinstance(value, (bool, int, float, np.bool_, np.integer, np.floating)):
-        return True
-    return isinstance(value, (np.ndarray, jax.Array)) and value.ndim == 0 and value.dtype.kind in "biuf"
-
-
-def _check_representable(name: str, values: list) -> None:
-    """Refuses dynamic values that the axis array cannot hold (without x64, ``2**40`` would wrap to 0 in int32)."""
-    ints = [v for v in values if isinstance(v, int) and not isinstance(v, bool)]
-    if ints and len(ints) == len(values):
-        info = np.iinfo(jax.dtypes.canonicalize_dtype(np.int64))
-        bad = [v for v in ints if not info.min <= v <= info.max]
-        if bad:
-            raise ValueError(
-                f"axis {name!r} value {bad[0]} does not fit {info.dtype} (range [{info.min}, {info.max}]); "
-                f"enable 64-bit JAX (JAX_ENABLE_X64=1), pass it as a float, or list {name!r} in static=[...]"
-            )
-    floats = np.asarray(values, dtype=np.float64)
-    with np.errstate(over="ignore"):  # the overflow is what we are looking for
-        big = np.isfinite(floats) & ~np.isfinite(floats.astype(jax.dtypes.canonicalize_dtype(np.float64)))
-    if big.any():
-        raise ValueError(f"axis {name!r} value {values[int(np.argmax(big))]!r} overflows "
-                         f"{jax.dtypes.canonicalize_dtype(np.float64)} (becomes inf); enable 64-bit JAX or rescale it")
-
-
-def _check_axes(axes, static) -> tuple[dict[str, list], tuple[str, ...]]:
-    if not isinstance(axes, Mapping):
-        raise TypeError(f"axes must be a mapping name -> sequence of values, got {type(axes).__name__}")
-    static = (static,) if isinstance(static, str) else tuple(static)
-    checked = {}
-    for name, values in axes.items():
-        if not isinstance(name, str) or not name:
-            raise TypeError(f"axis names must be non-empty strings, got {name!r}")
-        if name == SEED_AXIS:
-            raise ValueError(f"axis name {SEED_AXIS!r} is reserved: pass seeds=... instead")
-        if isinstance(values, (np.ndarray, jax.Array)) and values.ndim == 1:
-            values = np.asarray(values).tolist()
-        if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
-            raise TypeError(f"axis {name!r} must be a list/tuple/range of values, got {values!r}")
-        if len(values) == 0:
-            raise ValueError(f"axis {name!r} is empty; give at least one value")
-        if name not in static:
-            bad = [v for v in values if not _is_number(v)]
-            if bad:
-                raise TypeError(
-                    f"axis {name!r} is dynamic (vmapped) so its values must be numbers, got {bad[0]!r}; "
-                    f"list it in static=[...] to loop over it in Python instead"
-                )
-            values = [_python(np.asarray(v)) for v in values]
-            _check_representable(name, values)
-        checked[name] = list(values)
-    if len(set(static)) != len(static):
-        raise ValueError(f"static names must be unique, got {static}")
-    unknown = [s for s in static if s not in checked]
-    if unknown:
-        raise ValueError(f"static names must be axes, one of {list(checked)}; got {unknown}")
-    return checked, static
-
-
-def _check_seeds(seeds) -> list[int]:
-    if isinstance(seeds, (int, np.integer)) and not isinstance(seeds, bool):
-        if seeds < 1:
-            raise ValueError(f"seeds must be >= 1 (an int N means seeds 0..N-1), got {seeds}")
-        return list(range(int(seeds)))
-    if isinstance(seeds, (str, bytes)) or not isinstance(seeds, (Sequence, np.ndarray)) or len(seeds) == 0:
-        raise TypeError(f"seeds must be an int N or a non-empty sequence of ints, got {seeds!r}")
-    out = []
-    for s in seeds:
-        if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or not 0 <= s < 2**31:
-            raise ValueError(f"seeds must be ints in [0, 2**31), got {s!r}")
-        out.append(int(s))
-    if len(set(out)) != len(out):
-        raise ValueError(f"seeds must be unique, got {out}")
-    return out
-
-
-def _resolve_mesh(mesh) -> Mesh | None:
-    if mesh is None or isinstance(mesh, Mesh):
-        return mesh
-    if mesh == "auto":
-        return Mesh(np.asarray(jax.devices()), ("grid",))
-    raise ValueError(f"mesh must be None, 'auto' or a jax.sharding.Mesh, got {mesh!r}")
-
-
-def _flatten(outputs, prefix: str = "") -> dict:
-    if not isinstance(outputs, Mapping):
-        raise TypeError(f"fn must return a dict of arrays, got {type(outputs).__name__}")
-    flat = {}
-    for name, value in outputs.items():
-        key = f"{prefix}{name}"
-        flat.update(_flatten(value, key + "/") if isinstance(value, Mapping) else {key: value})
-    return flat
-
-
-class _ByIdentity:
-    """A jit static argument that is not hashable by value: compared by identity (no reuse across calls)."""
-
-    def __init__(self, value):
-        self.value = value
-
-
-def _hashable(value):
-    try:
-        hash(value)
-    except TypeError:
-        return _ByIdentity(value)
-    return value
-
-
-@functools.partial(jax.jit, static_argnames=("fn", "fixed", "names", "sharding", "checkpoint"))
-def _run_cells(values, seeds, cells=None, *, fn, fixed, names, sharding, checkpoint=None):
-    """``vmap`` of the cell function over a chunk; static args make jit reuse it for the same fn and static values.
-
-    With ``checkpoint=(every, directory)`` each cell's ``fit`` writes its checkpoints from inside the program, under
-    ``cell_dir(directory, cells[i])`` (``cells`` -1 for padding cells, which write nothing).
-    """
-    unwrap = lambda v: v.value if isinstance(v, _ByIdentity) else v  # noqa: E731
-    fn, fixed = unwrap(fn), {name: unwrap(v) for name, v in fixed}
-
-    def cell(dynamic, seed, cell_id):
-        hparams = {n: fixed[n] if n in fixed else dynamic[n] for n in names}
-        if checkpoint is None:
-            return _flatten(fn(hparams, jax.random.key(seed)))
-        every, directory = checkpoint
-        with _cells.grid_cell(_cells.GridCell(every, pathlib.Path(directory), cell_id)) as taken:
-            outputs = _flatten(fn(hparams, jax.random.key(seed)))
-        if not taken[1]:
-            raise ValueError("run_grid(checkpoint_every=...) checkpoints the cell's optlab.fit call, but fn never "
-                             "called optlab.fit")
-        return outputs
-
-    outputs = jax.vmap(cell)(values, seeds, cells)
-    return outputs if sharding is None else jax.lax.with_sharding_constraint(outputs, sharding)
-
-
-def _to_host(array: jax.Array) -> np.ndarray:
-    if not array.is_fully_addressable:  # multi-host: every process gathers the full grid
-        from jax.experimental import multihost_utils
-
-        array = multihost_utils.process_allgather(array, tiled=True)
-    return np.asarray(array)
-
-
-def _place(tree, sharding):
-    if sharding is None:
-        return tree
-    if jax.process_count() == 1:
-        return jax.device_put(tree, sharding)
-    return jax.tree.map(lambda x: jax.make_array_from_callback(x.shape, sharding, lambda i: x[i]), tree)
 
 
 def _stack(pieces: list[np.ndarray]) -> np.ndarray:
@@ -188,20 +57,52 @@ def _stack(pieces: list[np.ndarray]) -> np.ndarray:
     return stacked
 
 
-def _describe(label, axes: Mapping[str, list]) -> str:
-    """``"exp 5: 6 optimizer × 4 learning_rate × 8 seed = 192 cells"``: what a progress bar or log line is about."""
-    if label is not None and not isinstance(label, str):
-        raise TypeError(f"label must be a string or None, got {label!r}")
-    size = " × ".join(f"{len(values)} {name}" for name, values in axes.items())
-    total = math.prod(len(values) for values in axes.values())
-    return f"{label or 'grid'}: {size} = {total} cell{'s' if total != 1 else ''}"
+def _compacted_group(program, inputs_of, cell_ids, *, every, chunk, n_devices, sharding, interrupted):
+    """One static group under ``compact_every``: the probe, then :func:`~optlab.engine.compaction.run_lanes`."""
+
+    def lane_program(mode, positions, lane_inputs):
+        values, seed_column = inputs_of(cell_ids[positions])
+        values, seed_column, lane_inputs = _place((values, seed_column, lane_inputs), sharding)
+        return program(values, seed_column, None, lane_inputs, lane=mode)
+
+    static = {k: program.keywords[k] for k in ("fn", "fixed", "names")}
+
+    def trace(layout):
+        # Shapes only: fit records its steps, log_every and batch period in ``layout``; then which trace columns
+        # fn's outputs use, so segments carry just those (as the uncompacted program computes just those).
+        cells = functools.partial(_cells, **static, sharding=None)
+        first = inputs_of(cell_ids[:1])
+        jax.eval_shape(functools.partial(cells, lane=("probe", layout)), *first)
+        finish = functools.partial(cells, lane=("finish", True))
+        layout["columns"] = _compaction.used_columns(lambda s, r: finish(*first, None, (s, r)),
+                                                     *layout["lane_shapes"])
+
+    fn = static["fn"]
+    key = None if isinstance(fn, _ByIdentity) or _uncacheable(static["fixed"]) else (static["fixed"], static["names"])
+    layout = _compaction.probe_layout(fn.value if isinstance(fn, _ByIdentity) else fn, key, trace)
+    return _compaction.run_lanes(lane_program, layout, len(cell_ids), compact_every=every, chunk=chunk,
+                                 n_devices=n_devices, to_host=_to_host, interrupted=interrupted)
 
 
-def _write_cell_index(directory: str, all_axes: dict, index: np.ndarray, names: list[str]) -> None:
-    cells = [{"cell": i, "dir": _cells.cell_dir(directory, i).name,
-              **{n: _python(np.asarray(all_axes[n][j])) for n, j in zip(names, row)}} for i, row in enumerate(index)]
-    pathlib.Path(directory).mkdir(parents=True, exist_ok=True)
-    _atomic.write_json(pathlib.Path(directory) / "cells.json", cells)
+def _auto_chunk(program, inputs_of, cell_ids, n_devices) -> int:
+    """``chunk_size="auto"``: the width :mod:`optlab.engine.chunking` picks for this group's program."""
+    n = len(cell_ids)
+    if n <= _chunking.SMALL_GRID:
+        return n
+    static = program.keywords
+    fn = static["fn"]
+    key = None if isinstance(fn, _ByIdentity) or _uncacheable(static["fixed"]) else (
+        static["fixed"], static["names"], static["checkpoint"], n, n_devices)
+
+    def lower(width):  # the shapes of a chunk of ``width`` cells; values do not matter to the cost analysis
+        values, seed_column = inputs_of(cell_ids[:width])
+        return program.func.lower(values, seed_column, None, **{**static, "sharding": None})
+
+    def choose():
+        per_cell = _chunking.bytes_per_cell(lower, n)
+        return n if per_cell is None else _chunking.auto_width(per_cell, n, _chunking.cache_budget())
+
+    return _chunking.cached_width(fn.value if isinstance(fn, _ByIdentity) else fn, key, choose)
 
 
 def run_grid(
@@ -211,11 +112,12 @@ def run_grid(
     seeds: int | Sequence[int] = 1,
     static: Sequence[str] = (),
     mesh=None,
-    chunk_size: int | None = None,
+    chunk_size: int | str | None = "auto",
     progress: bool = True,
     label: str | None = None,
     checkpoint_every: int | None = None,
     checkpoint_dir=None,
+    compact_every: int | None = None,
 ) -> GridResult:
     """Evaluate ``fn`` on the cartesian product of ``axes`` × seeds, vmapped, chunked and sharded.
 
@@ -225,9 +127,12 @@ def run_grid(
 
     Reproducibility rule: a cell's key is ``jax.random.key(seed)`` and its dynamic values are 0-d arrays of the
     axis dtype (float32 for Python floats unless x64 is on), so ``fn({"lr": jnp.asarray(0.1)}, jax.random.key(3))``
-    re-runs that cell alone with the same numbers, to float rounding: another compiled program (plain ``jit``,
-    another chunk size) may order sums differently, and chaotic runs (e.g. a zig-zagging Newton-root step on a
-    non-convex loss) amplify that last-bit difference over the steps.
+    re-runs that cell alone with the same numbers, to float rounding: another compiled program (plain ``jit``)
+    may order sums differently, and chaotic runs (e.g. a zig-zagging Newton-root step on a non-convex loss) amplify
+    that last-bit difference over the steps. Within run_grid the width does not matter: programs are compiled with
+    XLA:CPU's YNNPACK reduce fusions off (:mod:`optlab.engine.grid_program`), whose split of a reduction depends on
+    the vmap width, so a cell gives the same bits in a chunk of any width >= 2 (checked on the engine's tests and
+    benchmarks; other backends may still differ in the last bits).
 
     Each combination of static values is one ``jax.jit(jax.vmap(cell))`` program (reused by later calls with the
     same ``fn`` object and static values) that runs the dynamic × seed cells in chunks of ``chunk_size``: the last
@@ -257,7 +162,11 @@ def run_grid(
       seeds: an int N (seeds 0..N-1) or a sequence of distinct ints in [0, 2**31); the innermost axis ``"seed"``.
       static: axis names looped in Python (shapes, optimizer names, ...), one compilation per combination.
       mesh: None (no sharding), ``"auto"`` (all devices) or a ``jax.sharding.Mesh``.
-      chunk_size: cells per compiled call (bounds memory); None runs all cells of a static combination at once.
+      chunk_size: cells per compiled call. ``"auto"`` (default): groups of up to
+        :data:`~optlab.engine.chunking.SMALL_GRID` cells run at once; larger ones get the widest power of two whose
+        step working set (XLA's cost analysis, bytes accessed per cell) fits the cache budget
+        (:mod:`optlab.engine.chunking`), all cells if they fit. An int forces the width (bounds memory); None runs
+        all cells of a static combination at once.
       progress: report progress on stderr: a ``tqdm.auto`` bar advancing per chunk in a terminal or a notebook,
         otherwise one plain line per grid with its size and time.
       label: what the grid is, shown before its size in the bar / line, e.g. ``"exp 5"`` gives
@@ -270,6 +179,19 @@ def run_grid(
         checkpoint holds that cell's ``best_params`` / ``best_step`` so far and ``best_checkpoint(cell_dir(...))``
         recovers its best saved state (load it with ``optlab.engine.loop.load_state``).
       checkpoint_dir: the grid's checkpoint folder (see ``checkpoint_every``).
+      compact_every: lane compaction (:mod:`optlab.engine.compaction`), for grids where many cells stop early.
+        The cell's one ``optlab.fit`` call runs in segments of this many steps (a multiple of its ``log_every``);
+        between segments the host drops the cells that early stopped (``stopped_at >= 0``; not cells that diverged
+        or went non-finite without stopping: they still change) and re-packs the rest into programs of power-of-two
+        widths >= 2. A dropped cell's remaining trace rows (fit keeps recording the loss at its frozen parameters)
+        are rebuilt from one period of frozen steps, so it is dropped only with full-batch or fixed-order
+        mini-batches (with shuffled mini-batches frozen cells stay). Guarantee: every output equals the
+        uncompacted grid's bit for bit on XLA:CPU (the compile option of the reproducibility rule makes a cell round alike at every
+        width >= 2; :mod:`optlab.engine.compaction` says what this rests on); elsewhere to float rounding.
+        Limits: one ``fit`` per cell, not with ``checkpoint_every`` / ``resume_from``; each segment is a host
+        round trip of the states and rows (choose segments of at least ~5 % of the steps); an interrupt between
+        segments drops the unfinished group's cells. ``info["compaction"]`` counts segments, cell-segments run,
+        dropped cells and the widths used, per static group. None (default): no segments.
 
     Returns:
       :class:`GridResult`.
@@ -288,30 +210,38 @@ def run_grid(
         raise TypeError(f"fn must be callable fn(hparams, key) -> dict, got {fn!r}")
     checked, static = _check_axes(axes, static)
     seed_values = _check_seeds(seeds)
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"chunk_size must be None or a positive int, got {chunk_size!r}")
+    auto = isinstance(chunk_size, str) and chunk_size == "auto"
+    if not auto and chunk_size is not None and (
+            isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be 'auto', None or a positive int, got {chunk_size!r}")
     mesh = _resolve_mesh(mesh)
     if (checkpoint_every is None) != (checkpoint_dir is None):
         raise ValueError("checkpoint_every and checkpoint_dir go together: pass both or neither")
+    if compact_every is not None:
+        compact_every = _int_arg("compact_every", compact_every, 1)
+        if checkpoint_every is not None:
+            raise ValueError("compact_every and checkpoint_every cannot be combined: pass one of them")
     checkpoint = None
     if checkpoint_every is not None:
         checkpoint = (_int_arg("checkpoint_every", checkpoint_every, 1), str(pathlib.Path(checkpoint_dir)))
     all_axes = {**checked, SEED_AXIS: seed_values}
     names = list(all_axes)
-    index = np.indices([len(v) for v in all_axes.values()]).reshape(len(names), -1).T
-    static_cols = [names.index(s) for s in static]
+    index, groups = product_index(all_axes, static)
     dynamic = [n for n in checked if n not in static]
     columns = {n: np.asarray(checked[n]) for n in dynamic}
     columns[SEED_AXIS] = np.asarray(seed_values, dtype=np.int32)
 
+    def inputs_of(ids):  # the dynamic values and the seed of the cells ``ids``, on the host
+        inputs = {n: columns[n][index[ids, names.index(n)]] for n in columns}
+        return inputs, inputs.pop(SEED_AXIS)
+
     n_devices = mesh.size if mesh is not None else 1
     sharding = NamedSharding(mesh, PartitionSpec(tuple(mesh.axis_names))) if mesh is not None else None
-    groups: dict[tuple, np.ndarray] = {}
-    for key in dict.fromkeys(map(tuple, index[:, static_cols].tolist())):
-        groups[key] = np.flatnonzero(np.all(index[:, static_cols] == np.asarray(key, dtype=int), axis=1))
     group_size = len(next(iter(groups.values())))
-    chunk = min(chunk_size or group_size, group_size)
-    chunk = math.ceil(chunk / n_devices) * n_devices
+    def width_of(size):  # a forced or chosen width, capped at the group, a multiple of the device count
+        return math.ceil(min(size or group_size, group_size) / n_devices) * n_devices
+
+    chunk = width_of(None if auto else chunk_size)  # auto: the estimate until the cost model picks the width
     n_chunks = math.ceil(group_size / chunk) * len(groups)
 
     description = _describe(label, all_axes)
@@ -324,6 +254,8 @@ def run_grid(
         _write_cell_index(checkpoint[1], all_axes, index, names)
 
     finished: list[tuple[np.ndarray, dict, int]] = []  # (cell ids, host outputs, devices) per collected chunk
+    compaction: list[dict] = []  # per static group under compact_every: segments, cell-segments, dropped, widths
+
     padded, programs, complete, started, in_flight = 0, 0, True, time.perf_counter(), None
     show_bar = progress and (_NOTEBOOK_BAR or sys.stderr.isatty())
     bar = tqdm(total=n_chunks, desc=description, unit="chunk", disable=not show_bar)
@@ -341,7 +273,7 @@ def run_grid(
                 fixed = {s: checked[s][j] for s, j in zip(static, key)}
                 bar.set_postfix(fixed, refresh=False)
                 program = functools.partial(
-                    _run_cells,
+                    _cells_program(),
                     fn=_hashable(fn),
                     fixed=tuple((s, _hashable(v)) for s, v in fixed.items()),
                     names=tuple(checked),
@@ -349,13 +281,27 @@ def run_grid(
                     checkpoint=checkpoint,
                 )
                 programs += 1
+                if auto:
+                    chosen = width_of(_auto_chunk(program, inputs_of, cell_ids, n_devices))
+                    if chosen != chunk:
+                        bar.total += math.ceil(group_size / chosen) - math.ceil(group_size / chunk)
+                    chunk = chosen
+                if compact_every is not None:
+                    host, group_stats = _compacted_group(program, inputs_of, cell_ids, every=compact_every,
+                                                         chunk=chunk, n_devices=n_devices, sharding=sharding,
+                                                         interrupted=lambda: scope.interrupted)
+                    compaction.append({**fixed, **group_stats})
+                    if host is None:  # interrupted between segments: the group's cells are unfinished
+                        break
+                    finished.append((cell_ids, host, n_devices))
+                    bar.update(math.ceil(group_size / chunk))
+                    continue
                 for first in range(0, group_size, chunk):
                     if scope.interrupted:  # Ctrl-C arrived: start nothing new, keep what is on the device
                         break
                     ids = cell_ids[first : first + chunk]
                     padded_ids = np.concatenate([ids, np.repeat(ids[-1:], chunk - len(ids))])
-                    inputs = {n: columns[n][index[padded_ids, names.index(n)]] for n in columns}
-                    seed_column = inputs.pop(SEED_AXIS)
+                    inputs, seed_column = inputs_of(padded_ids)
                     cells = None if checkpoint is None else np.where(  # padding cells repeat a real one: no writes
                         np.arange(chunk) < len(ids), padded_ids, -1).astype(np.int32)
                     values, seed_column, cells = _place((inputs, seed_column, cells), sharding)
@@ -408,6 +354,8 @@ def run_grid(
         "seconds": seconds,
         "cells_total": len(index),
     }
+    if compact_every is not None:
+        info["compaction"] = compaction
     if checkpoint is not None:
         info["checkpoint_dir"] = checkpoint[1]
         info["checkpoint_cells"] = done_ids[order].tolist()

@@ -88,10 +88,12 @@ from optlab.engine.cell_checkpoints import (  # noqa: F401
     grid_cell,
 )
 from optlab.engine.checkpoint import TrainState
+from optlab.engine.compaction import take_lane as _take_lane
 from optlab.engine.precision import DynamicLossScale
 from optlab.engine.step import SKIP_COUNTERS, _make_chunk  # noqa: F401 (SKIP_COUNTERS: old import path)
 from optlab.engine.state import (  # noqa: F401
     _batching_tag,
+    _block_every,
     _check_batching,
     _fill_start,
     _fresh_state,
@@ -368,6 +370,13 @@ def fit(
     prefix: list[dict[str, jax.Array]] = []  # stored rows of a resumed run, aligned to this run's trace keys
     parts: list[dict[str, jax.Array]] = []
     tag = _batching_tag(batch_size, shuffle)
+    lane = _take_lane()  # run_grid(compact_every=...) runs this fit's steps in segments (engine/compaction.py)
+    if lane is not None:
+        if checkpoint_every is not None or resume_from is not None:
+            raise ValueError("run_grid(compact_every=...) cannot segment a fit with checkpoint_every or resume_from")
+        state, lane_rows = lane.run(run_chunk, state, data, steps=steps, log_every=log_every, batch_size=batch_size,
+                                    shuffle=shuffle, schedule=schedule, every=_block_every(early_stop))
+        ends, parts = [], [lane_rows]
     for end in ends:
         state, rows, final = run_chunk(state, data, (end - first) // log_every)
         if stored is not None and not prefix:

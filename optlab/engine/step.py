@@ -215,4 +215,12 @@ def _make_chunk(loss_of, combine, opt, *, log_every, batch_size, shuffle, schedu
             final = loss_of(state.params, batch_at(data, state.step, state.key, batch_size, shuffle))
         return state, rows, final
 
-    return jax.jit(run_chunk, static_argnums=2)
+    jitted = jax.jit(run_chunk, static_argnums=2)
+    # The same chunk with one row per step: run_grid(compact_every=...) rebuilds a frozen cell's trace from it
+    # (optlab.engine.compaction); built only when asked for.
+    options = dict(log_every=1, batch_size=batch_size, shuffle=shuffle, schedule=schedule, clip=clip,
+                   weight_decay=weight_decay, early_stop=early_stop, loss_scale=loss_scale, ids=ids,
+                   n_groups=n_groups, has_step_scale=has_step_scale, metrics_fn=metrics_fn,
+                   record_dtype=record_dtype, end_loss=False, trace_updates=trace_updates)
+    jitted.per_step = lambda: jitted if log_every == 1 else _make_chunk(loss_of, combine, opt, **options)
+    return jitted

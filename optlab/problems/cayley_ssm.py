@@ -1,4 +1,4 @@
-"""A stack of complex linear recurrences with Cayley propagators (lab note 003), its solvers, tasks and schedule.
+"""A stack of complex linear recurrences with Cayley propagators (lab note 003), its tasks and schedule.
 
 Each of ``L`` layers runs ``h_t = U h_{t-1} + B x_t`` on its (layer-normed) input ``x``, reads ``y_t = Re(C h_t)``
 and adds ``W gelu(y_t) + b`` to the residual stream. The propagator is the Cayley transform
@@ -10,24 +10,10 @@ and adds ``W gelu(y_t) + b`` to the residual stream. The propagator is the Cayle
 so ``U`` is unitary exactly when ``H`` is Hermitian (``G`` anti-Hermitian) *and* the linear solve is exact. The
 real-valued twin uses real ``P`` and ``G = (P - P^T)/2`` (orthogonal ``U``) or ``G = P``.
 
-The solve ``(I - G/2) U = I + G/2`` is one linear system on the ``n × n`` unknown ``U`` (the operator ``X ↦ A X``,
-i.e. ``I ⊗ A``, with the spectrum of ``A``), solved by:
-
-- ``"exact"``: ``jnp.linalg.solve`` (LU).
-- ``"cg"``: conjugate gradient on the system *as written*. CG assumes a Hermitian positive-definite matrix;
-  ``A = I - iH/2`` is normal but not Hermitian (eigenvalues ``1 - iλ/2``), so what CG does here is measured, not
-  assumed. Written here (a fixed-length ``lax.scan``) because ``jax.scipy.sparse.linalg.cg`` reports no iteration
-  count, and the note's claim is "CG converges in < 10 iterations".
-- ``"cg_normal"``: the same CG on the equivalent Hermitian positive-definite normal equations ``A^H A U = A^H B``
-  (for Hermitian ``H``, ``A^H A = I + H^2/4``).
-- ``"bicgstab"`` / ``"gmres"``: ``jax.scipy.sparse.linalg`` (BiCGStab, and GMRES with a Krylov space of ``iters``
-  vectors and no restart), both for general non-Hermitian systems. Chosen over ``lineax`` because they already ship
-  with JAX, take a traced ``tol``, differentiate implicitly (``custom_linear_solve``) and vmap over grid cells;
-  ``lineax`` would add a dependency for the same Krylov methods. They report no iteration count (logged as NaN).
-
-Every iterative solve runs at most ``iters`` iterations (a static int) and stops at
-``||A X - B||_F <= tol ||B||_F`` (``tol`` may be traced). Per layer the model logs the relative residual, the
-iterations (CG only), ``||U^H U - I||_F``, the spectral radius of ``U`` and the largest state norm on a probe batch.
+The solve ``(I - G/2) U = I + G/2`` and its solvers (exact LU, CG as written, CG on the normal equations,
+BiCGStab, GMRES) live in :mod:`optlab.problems.cayley_solvers`; per layer the model logs the solve's relative
+residual, its iterations, ``||U^H U - I||_F``, the spectral radius of ``U`` and the largest state norm on a probe
+batch.
 
 Gradient convention for complex parameters: ``jax.grad`` of a real loss ``f`` w.r.t. a complex ``z`` returns
 ``∂f/∂Re z - i ∂f/∂Im z``, the *conjugate* of the steepest-ascent direction. optax's Adam expects the direction
@@ -58,153 +44,16 @@ import numpy as np
 import optax
 
 from optlab.problems.base import Problem
+# the solver names are re-exported: studies and tests reach the whole model through this one module
+from optlab.problems.cayley_solvers import (SOLVERS, SolveInfo, _check_choice, cayley, cayley_switch,
+                                            conjugate_gradient, generator, spectral_radius, unitary_deviation)
 
-SOLVERS = ("exact", "cg", "cg_normal", "bicgstab", "gmres")
 TASKS = ("copy", "char_lm")
 SCHEDULERS = ("wsd", "cosine", "constant")
 RECURRENCES = ("scan", "associative")
 COPY_ALPHABET = 8  # symbols 1..8; 0 is the blank, 9 the delimiter (Arjovsky et al. 2016)
 COPY_VOCAB = COPY_ALPHABET + 2
 WSD_DECAY_FRACTION = 0.1  # WSD decays linearly over the last 10% of the horizon (a common choice; the note gives none)
-TINY = 1e-30  # CG denominators at or below this stop the iteration instead of dividing by ~0
-
-
-def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
-
-
-# ------------------------------------------------------------------------------------------------ the propagator
-
-
-class SolveInfo(NamedTuple):
-    """What a Cayley solve reports."""
-
-    residual: jax.Array  # () relative residual ||A U - B||_F / ||B||_F
-    iterations: jax.Array  # () iterations used (float; NaN where the solver does not report them)
-
-
-def generator(p: jax.Array, hermitian: bool) -> jax.Array:
-    """``G`` of the Cayley transform: ``i(P + P^H)/2`` / ``iP`` for complex ``P``, ``(P - P^T)/2`` / ``P`` for real.
-
-    Example: ``generator(jnp.eye(2, dtype=jnp.complex64), True)`` is ``i I``.
-    """
-    if jnp.iscomplexobj(p):
-        h = 0.5 * (p + jnp.conj(p).T) if hermitian else p
-        return 1j * h
-    return 0.5 * (p - p.T) if hermitian else p
-
-
-def _inner(a, b):
-    return jnp.vdot(a, b)  # conjugates a: the complex Euclidean inner product
-
-
-def conjugate_gradient(matvec, b: jax.Array, *, iters: int, tol: Any, limit: Any = None) -> tuple[jax.Array, jax.Array]:
-    """Plain CG from ``x = 0`` for ``iters`` steps at most, frozen once ``||r|| <= tol ||b||``.
-
-    ``limit`` (may be traced, <= ``iters``) stops it earlier: one compiled scan of ``iters`` steps then serves
-    every iteration budget of a sweep as a vmapped axis. Returns ``(x, iterations used)``. Valid (monotone, exact in ``n`` steps) for Hermitian positive-definite
-    operators; on others it runs the same recurrences and its result is whatever they give.
-
-    Example: ``x, k = conjugate_gradient(lambda v: 2.0 * v, jnp.ones(3), iters=5, tol=1e-6)`` gives ``x = 0.5``.
-    """
-    b_norm2 = jnp.real(_inner(b, b))
-    target = jnp.square(tol) * b_norm2
-
-    limit = iters if limit is None else limit
-
-    def step(carry, k):
-        x, r, p, rs, used = carry
-        active = (rs > target) & (k < limit)
-        ap = matvec(p)
-        pap = _inner(p, ap)
-        ok = active & (jnp.abs(pap) > TINY)
-        alpha = jnp.where(ok, rs / jnp.where(ok, pap, 1.0), 0.0)
-        x = x + alpha * p
-        r_new = r - alpha * ap
-        rs_new = jnp.real(_inner(r_new, r_new))
-        beta = jnp.where(ok & (rs > TINY), rs_new / jnp.where(rs > TINY, rs, 1.0), 0.0)
-        p = jnp.where(ok, r_new + beta * p, p)
-        r = jnp.where(ok, r_new, r)
-        rs = jnp.where(ok, rs_new, rs)
-        return (x, r, p, rs, used + ok.astype(jnp.int32)), None
-
-    x0 = jnp.zeros_like(b)
-    (x, _, _, _, used), _ = jax.lax.scan(step, (x0, b, b, b_norm2, jnp.zeros((), jnp.int32)),
-                                        jnp.arange(iters))
-    return x, used
-
-
-def cayley(g: jax.Array, *, solver: str = "exact", iters: int = 20, tol: Any = 1e-6,
-           limit: Any = None) -> tuple[jax.Array, SolveInfo]:
-    """``U = (I - G/2)^{-1} (I + G/2)`` by ``solver`` (see the module docstring), with the solve's residual.
-
-    Args:
-      g: (n, n) generator (:func:`generator`).
-      solver: one of ``SOLVERS``.
-      iters: most iterations of an iterative solver (static int >= 1).
-      tol: relative residual at which an iterative solver stops (may be traced).
-      limit: most iterations actually run by CG / CG-normal / BiCGStab (may be traced, <= ``iters``; None for
-        ``iters``); GMRES's Krylov dimension is a shape, so it always runs ``iters``.
-
-    Returns:
-      ``(U, SolveInfo)``.
-
-    Example:
-      >>> u, info = cayley(generator(jnp.ones((3, 3), jnp.complex64), True))
-      >>> float(unitary_deviation(u)) < 1e-5
-      True
-    """
-    _check_choice("solver", solver, SOLVERS)
-    if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
-        raise ValueError(f"iters must be an int >= 1, got {iters!r}")
-    n = g.shape[-1]
-    eye = jnp.eye(n, dtype=g.dtype)
-    a, rhs = eye - 0.5 * g, eye + 0.5 * g
-    nan = jnp.asarray(jnp.nan, jnp.float32)
-    if solver == "exact":
-        u, used = jnp.linalg.solve(a, rhs), nan
-    elif solver == "cg":
-        u, used = conjugate_gradient(lambda x: a @ x, rhs, iters=iters, tol=tol, limit=limit)
-    elif solver == "cg_normal":
-        ah = jnp.conj(a).T
-        normal = ah @ a
-        u, used = conjugate_gradient(lambda x: normal @ x, ah @ rhs, iters=iters, tol=tol, limit=limit)
-    elif solver == "bicgstab":
-        u, _ = jax.scipy.sparse.linalg.bicgstab(lambda x: a @ x, rhs, tol=tol, atol=0.0,
-                                              maxiter=iters if limit is None else limit)
-        used = nan
-    else:  # one GMRES cycle of `iters` Krylov vectors: `iters` iterations in all, as for the others
-        u, _ = jax.scipy.sparse.linalg.gmres(lambda x: a @ x, rhs, tol=tol, atol=0.0, restart=min(iters, n * n),
-                                             maxiter=1, solve_method="batched")
-        used = nan
-    residual = jnp.linalg.norm(a @ u - rhs) / jnp.linalg.norm(rhs)
-    return u, SolveInfo(residual.astype(jnp.float32), jnp.asarray(used, jnp.float32))
-
-
-def cayley_switch(g: jax.Array, index: Any, solvers: tuple[str, ...], *, iters: int = 20,
-                  tol: Any = 1e-6) -> tuple[jax.Array, SolveInfo]:
-    """:func:`cayley` by ``solvers[index]`` with ``index`` traced: one compiled program for a grid's solver axis.
-
-    Under ``vmap`` with a batched ``index``, ``lax.switch`` evaluates every branch and selects, so a program costs
-    the sum of its solvers (cheap at these sizes) but compiles once instead of once per solver.
-
-    Example: ``cayley_switch(g, jnp.asarray(1), ("exact", "cg"))`` equals ``cayley(g, solver="cg")``.
-    """
-    for s in solvers:
-        _check_choice("solvers", s, SOLVERS)
-    branches = [lambda g, s=s: cayley(g, solver=s, iters=iters, tol=tol) for s in solvers]
-    return jax.lax.switch(jnp.asarray(index, jnp.int32), branches, g)
-
-
-def unitary_deviation(u: jax.Array) -> jax.Array:
-    """``||U^H U - I||_F``: 0 for a unitary (or real orthogonal) ``U``. Example: ``unitary_deviation(jnp.eye(3))`` is 0."""
-    return jnp.linalg.norm(jnp.conj(u).T @ u - jnp.eye(u.shape[-1], dtype=u.dtype))
-
-
-def spectral_radius(u: jax.Array) -> jax.Array:
-    """Largest ``|eigenvalue|`` of ``U`` (not differentiated: a diagnostic). Example: 1 for a unitary ``U``."""
-    return jnp.max(jnp.abs(jnp.linalg.eigvals(jax.lax.stop_gradient(u))))
 
 
 # ------------------------------------------------------------------------------------------------ the model
@@ -245,20 +94,28 @@ def _normal(key, shape, scale, complex_valued):
 def init_params(key: jax.Array, spec: SSMSpec) -> dict:
     """Parameters: embedding, ``L`` layers (``P``, ``B``, ``C`` complex or real; ``W``, ``b`` real), read-out.
 
+    Every entry is drawn from one normal vector: a single random-number kernel in a compiled program. One
+    ``jax.random.normal`` per array (and per layer under ``vmap``) put ~10 threefry kernels in each training
+    program, measured at 8.7 s of its ~20 s XLA compile on CPU.
+
     Example: ``init_params(jax.random.key(0), SSMSpec(layers=2))["layers"]["P"].shape == (2, 16, 16)``.
     """
-    n, d, v = spec.state, spec.width, vocab_size(spec)
-    keys = jax.random.split(key, 6)
-    layer_keys = jax.random.split(keys[0], (spec.layers, 4))
-
-    def layer(k):
-        return {"P": _normal(k[0], (n, n), spec.init_scale / math.sqrt(n), spec.complex_valued),
-                "B": _normal(k[1], (n, d), 1.0 / math.sqrt(d), spec.complex_valued),
-                "C": _normal(k[2], (d, n), 1.0 / math.sqrt(n), spec.complex_valued),
-                "W": jax.random.normal(k[3], (d, d)) / math.sqrt(d), "b": jnp.zeros(d)}
-
-    return {"embed": jax.random.normal(keys[1], (v, d)), "layers": jax.vmap(layer)(layer_keys),
-            "readout": jax.random.normal(keys[2], (d, v)) / math.sqrt(d), "readout_b": jnp.zeros(v)}
+    n, d, v, L, c = spec.state, spec.width, vocab_size(spec), spec.layers, spec.complex_valued
+    layout = {"P": ((L, n, n), spec.init_scale / math.sqrt(n), c), "B": ((L, n, d), 1.0 / math.sqrt(d), c),
+              "C": ((L, d, n), 1.0 / math.sqrt(n), c), "W": ((L, d, d), 1.0 / math.sqrt(d), False),
+              "embed": ((v, d), 1.0, False), "readout": ((d, v), 1.0 / math.sqrt(d), False)}
+    sizes = [math.prod(shape) * (2 if cplx else 1) for shape, _, cplx in layout.values()]
+    pieces = jnp.split(jax.random.normal(key, (sum(sizes),)), np.cumsum(sizes)[:-1].tolist())
+    drawn = {}
+    for (name, (shape, scale, cplx)), z in zip(layout.items(), pieces):
+        if cplx:  # E|z|^2 = scale^2, split evenly between the real and imaginary parts
+            re, im = jnp.split(z, 2)
+            drawn[name] = (scale / math.sqrt(2.0)) * (re + 1j * im).reshape(shape)
+        else:
+            drawn[name] = scale * z.reshape(shape)
+    layers = {k: drawn[k] for k in ("P", "B", "C", "W")}
+    return {"embed": drawn["embed"], "layers": {**layers, "b": jnp.zeros((L, d))},
+            "readout": drawn["readout"], "readout_b": jnp.zeros(v)}
 
 
 def real_parameter_count(params: dict) -> int:

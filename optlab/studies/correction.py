@@ -25,7 +25,9 @@ from optlab.correction.pruning import METHODS, prune
 from optlab.correction.reconstruct import reconstructions
 from optlab.engine.grid import run_grid
 from optlab.engine.interrupt import GridInterrupted, interrupt_requested
+from optlab.problems import digits
 from optlab.problems.pruned_layer import layer_error, mlp_layer, synthetic_layer
+from optlab.studies import correction_network
 from optlab.studies import summary as sm
 from optlab.studies.base import Claim, Section, Study, StudyResult, Table
 from optlab.studies.config import Settings, setting
@@ -66,11 +68,44 @@ class CorrectionConfig(Settings):
     max_relative: float = setting(0.05, range=(0, None), bounds="(]", doc="bound |delta| / |w| of the bounded "
                                                                            "optimal mode")
     mlp_steps: int = setting(300, range=(1, None), doc="Adam steps that train the MLP whose layer is pruned")
+    network: bool = setting(True, doc="run the digits-MLP accuracy section (issue 14)")
+    network_sizes: tuple[int, ...] = setting((64, 256, 256, 10), range=(1, None), min_len=2,
+                                             doc="digits MLP widths, 64 first, 10 last (hidden widths divisible by 8)")
+    network_steps: int = setting(600, range=(1, None), doc="full-batch Adam steps that train the digits MLP")
+    network_seeds: int = setting(5, range=(1, None), doc="calibration samples (the network stays the same)")
+    network_calib_pool: int = setting(512, range=(1, 1400), doc="rows of the digits calibration split")
+    network_calib_rows: int = setting(256, range=(1, None), doc="rows of each seed's calibration sample")
+    network_sparsities: tuple[float, ...] = setting((0.5, 0.6, 0.7), range=(0, 1), bounds="[)", min_len=0,
+                                                    doc="unstructured sparsities of the network table")
+    network_patterns: tuple[str, ...] = setting(("2:4",), choices=("2:4", "4:8"), min_len=0,
+                                                doc="N:M patterns of the network table")
+    network_magnitudes: tuple[float, ...] = setting((0.005, 0.01, 0.02, 0.05, 0.1, 0.2), range=(0, None),
+                                                    bounds="(]", doc="greedy fixed grid on the network: magnitudes")
+    network_fractions: tuple[float, ...] = setting((0.1, 0.25, 0.5, 1.0), range=(0, 1), bounds="(]",
+                                                   doc="greedy fixed grid on the network: fractions")
+    network_calibration: tuple[str, ...] = setting(("sequential", "one_shot"), choices=("sequential", "one_shot"),
+                                                   doc="calibration inputs: after earlier layers were compressed, "
+                                                       "or all from the dense network (first one: verdicts)")
+    network_cache: str = setting("runs/cache", doc="folder of the cached digits weights")
 
     @classmethod
     def quick(cls) -> "CorrectionConfig":
         return cls(d_in=64, d_out=64, n=160, seeds=8, sweep=(0.1, 0.3, 1.0, 3.0, 10.0, 30.0),
-                   ceiling_layers=("synthetic",), mlp_steps=100)
+                   ceiling_layers=("synthetic",), mlp_steps=100, network_sizes=(64, 64, 64, 10), network_steps=300,
+                   network_calib_rows=128, network_magnitudes=(0.01, 0.05, 0.2), network_fractions=(0.25, 1.0),
+                   network_calibration=("sequential",))
+
+    def check(self) -> None:
+        if self.network and self.network_calib_rows > self.network_calib_pool:
+            raise ValueError(f"network_calib_rows={self.network_calib_rows} exceeds network_calib_pool="
+                             f"{self.network_calib_pool} (samples are drawn without replacement)")
+        if self.network and not (self.network_sparsities or self.network_patterns):
+            raise ValueError("network_sparsities and network_patterns are both empty: the table needs a column")
+        if self.network:
+            digits._check_sizes(self.network_sizes)
+            if any(w % 8 for w in self.network_sizes[1:-1]) and self.network_patterns:
+                raise ValueError(f"network_sizes hidden widths must be divisible by 8 for N:M patterns, got "
+                                 f"{self.network_sizes}")
 
 
 def _layer_and_mask(config, kind, key):
@@ -344,6 +379,10 @@ def run(config: CorrectionConfig, *, progress: bool = True, run_dir: Path | None
     for kind, out in methods.items():
         rows += [{"grid": "methods", "layer": kind, "magnitude": best[0], "fraction": best[1], "seed": seed,
                   **{k: float(v[seed]) for k, v in out.items()}} for seed in range(config.seeds)]
+    if config.network and not interrupt_requested():
+        found = correction_network.measure(config)
+        sections.append(correction_network.section(config, found))
+        rows += correction_network.rows(found)
     return StudyResult("correction", title, dataclasses.asdict(config), sections, rows=rows, cells_done=cells_total,
                        cells_total=cells_total)
 

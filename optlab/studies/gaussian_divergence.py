@@ -10,7 +10,12 @@ above the start by 10 000, with no NaN. It lists four hypotheses and five fixes 
 2. Fixes: every run of the combination that diverged most (highest median final / best) is resumed from its best
    saved checkpoint (``best_checkpoint`` of its cell) and continued ``fix_steps`` steps under each fix; all fixes
    are one ``run_grid`` (fix static, run index traced).
-3. Hypotheses H1–H6 (see :mod:`optlab.studies.gaussian_divergence_claims`), each from a measurement.
+3. Hypotheses H1–H6 (see :mod:`optlab.studies.gaussian_divergence_claims`), each from a measurement; H1's
+   effective per-parameter step is measured (:func:`step_probe`): every saved checkpoint of the chosen
+   combination is stepped once more and ``|Δθ| / lr`` is recorded per parameter group.
+
+The three grids run as stages (:func:`~optlab.studies.stages.run_stages`): a Ctrl-C stops at the first
+incomplete grid and the report says which, with no claim computed from missing cells.
 
 Choices where the note leaves a setting open (the report repeats them): positions, Cholesky factors and colours
 follow GaussianImage (:mod:`optlab.problems.gaussian_image`), the Cholesky init scale grows with image / √N; "best"
@@ -38,13 +43,13 @@ import numpy as np
 import optax
 
 from optlab.engine import loop
-from optlab.engine.checkpoint import best_checkpoint
+from optlab.engine.checkpoint import best_checkpoint, list_checkpoints
 from optlab.engine.grid import run_grid
-from optlab.engine.interrupt import GridInterrupted, interrupt_requested
 from optlab.problems import gaussian_image as gi
 from optlab.studies import summary as sm
 from optlab.studies.base import Study, StudyResult
 from optlab.studies.config import Settings, setting
+from optlab.studies.stages import interrupted_section, run_stages
 
 FIXES = ("none", "cosine", "step_decay", "clip", "moment_reset", "sgd", "early_stop", "per_param_lr",
          "gaussianimage")
@@ -198,6 +203,7 @@ def fix_cell(config: GaussianDivergenceConfig, target: jax.Array, starts: dict, 
                                     target)["loss"]
         out = _outcome(config, res, target, rasteriser, start_loss=resume_loss)
         out["resume_step"] = best.step
+        out["max_grad_norm"] = jnp.max(res.trace["grad_norm"])  # does the clip fix's threshold ever bind?
         out["held"] = (out["final_over_resume"] <= 1 + config.held_tol).astype(jnp.float32)
         return out
 
@@ -265,6 +271,63 @@ def resume_check(config, base, fixes, base_rows: dict) -> dict[str, int]:
     return out
 
 
+STEP_GROUPS = ("xy", "chol", "color")  # the trained parameter groups (opacity stays fixed in the baseline)
+
+
+def measured_steps(loss, template: dict, opt: optax.GradientTransformation, states, lr: float) -> dict:
+    """One more step from each of the stacked TrainStates ``states``: per group of ``STEP_GROUPS``, the median and
+    max over the group's entries of ``|Δθ| / lr``, and each state's ``step`` (one vmapped, jitted call).
+
+    Example: ``measured_steps(loss, params, optax.adam(1e-3), stacked, 1e-3)["median/xy"]`` (a fresh Adam state
+    gives 1 for every entry with a nonzero gradient: its first step is ``lr · sign(g)``).
+    """
+    def one_step(state):
+        moved = loop.fit(loss, template, opt, steps=1, start=state).params
+        out = {"step": state.step}
+        for group in STEP_GROUPS:
+            ratio = jnp.abs(moved[group] - state.params[group]).ravel() / lr
+            out[f"median/{group}"], out[f"max/{group}"] = jnp.median(ratio), jnp.max(ratio)
+        return out
+
+    return jax.jit(jax.vmap(one_step))(states)
+
+
+def step_probe(config, grid, combo: dict, target: jax.Array, checkpoint_dir: Path) -> dict[str, np.ndarray]:
+    """H1, measured: Adam's actual step at every saved checkpoint of ``combo``'s baseline runs.
+
+    Each saved state is stepped once more (``fit(steps=1, start=state)``, all states of one N in one vmapped call)
+    and the applied change ``|Δθ|`` is divided by the lr: per parameter group, its median and max over the
+    group's entries. Under Adam this is ``|m̂| / (√v̂ + ε)`` per entry (clamping included when on), the
+    "effective per-parameter step" the bias-correction hypothesis is about.
+
+    Returns ``step`` (runs, checkpoints) global step of each state, ``bc1`` / ``bc2`` (runs, checkpoints) Adam's
+    bias corrections at the probed update (``1 − β^(t+1)``, from the stored count), ``best_step`` (runs,) the
+    run's best iteration, and ``median/<group>``, ``max/<group>`` (runs, checkpoints) ``|Δθ| / lr``.
+    """
+    shape = target.shape[:2]
+    loss = gi.make_loss(target, rasteriser=combo["rasteriser"], gradient_of=_flag(combo["gradient_of"], "l2_only"),
+                        chunk=config.chunk)
+    opt = _optimizer("adam", config.lr, shape, combo["clamp"])
+    parts: list[dict[str, np.ndarray]] = []
+    for n in config.n_gaussians:
+        template = gi.init_params(jax.random.key(0), n, shape)
+        rows = np.flatnonzero(grid.where(n=n, **combo))
+        states = []
+        for i in rows:
+            paths = list_checkpoints(loop.cell_dir(checkpoint_dir, int(grid.info["checkpoint_cells"][i])))
+            states.append([loop.load_state(path, template, opt) for path in paths])
+        length = min(len(s) for s in states)  # every run of a complete grid saved the same steps
+        stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[s for run in states for s in run[:length]])
+        measured = measured_steps(loss, template, opt, stacked, config.lr)
+        parts.append({k: np.asarray(v).reshape(len(rows), length) for k, v in measured.items()})
+        parts[-1]["best_step"] = np.asarray(grid.outputs["best_step"][rows]) * config.log_every
+    length = min(p["step"].shape[1] for p in parts)
+    out = {k: np.concatenate([p[k][:, :length] if p[k].ndim == 2 else p[k] for p in parts]) for k in parts[0]}
+    count = out["step"].astype(np.float64) + 1.0  # optax's Adam counts the update being made
+    out["bc1"], out["bc2"] = 1.0 - 0.9 ** count, 1.0 - 0.999 ** count
+    return out
+
+
 def fixes_grid(config, target, starts, combo, progress: bool):
     axes = {"fix": list(config.fixes), "n": list(config.n_gaussians), "run": list(range(config.seeds))}
     return run_grid(fix_cell(config, target, starts, combo), axes, seeds=1, static=["fix", "n"],
@@ -285,19 +348,24 @@ def hypothesis_grid(config, target, combo, progress: bool):
     return sm.summarize_grid(grid, "loss", rel_tol=config.rel_tol)
 
 
-def _rows(grid, name: str) -> list[dict]:
-    keep = [k for k in grid.scalar_outputs if not k.startswith(("params", "best_params"))]
-    out = []
-    for i, cell in enumerate(grid.cells):
-        out.append({"grid": name, **cell, **{k: float(grid.outputs[k][i]) for k in keep}})
-    return out
+def _scalar_row(row: dict) -> dict:
+    # the final / best parameters are per-Gaussian arrays: not columns of results.csv
+    return {k: v for k, v in row.items() if not k.startswith(("params", "best_params"))}
+
+
+def _probe_rows(probe: dict) -> list[dict]:
+    # H1's measured step in results.csv: one row per (run of the chosen combination, probed checkpoint)
+    per_step = [k for k in probe if k != "best_step"]
+    return [{"grid": "h1_probe", "run": r, **{k: float(probe[k][r, c]) for k in per_step}}
+            for r in range(probe["step"].shape[0]) for c in range(probe["step"].shape[1])]
 
 
 def run(config: GaussianDivergenceConfig, *, progress: bool = True, run_dir: Path | None = None) -> StudyResult:
     """Run the baseline, the fixes and the hypothesis grids; judge H1–H6 and the note's numbers.
 
     Checkpoints go to ``run_dir / "checkpoints"`` (a temporary folder without ``run_dir``). An interrupted grid
-    stops the study: the finished rows come back with ``complete=False`` and no claim.
+    stops the study (:func:`~optlab.studies.stages.run_stages`): the finished rows come back with
+    ``complete=False`` and no claim.
     """
     from optlab.studies import gaussian_divergence_claims as gc  # claims and figures: the side of the report
 
@@ -315,35 +383,34 @@ def run(config: GaussianDivergenceConfig, *, progress: bool = True, run_dir: Pat
     n_base = len(config.n_gaussians) * len(config.rasterisers) * len(config.gradient_of) * len(config.clamp)
     cells_total = n_base * config.seeds + len(config.fixes) * len(config.n_gaussians) * config.seeds + \
         len(config.n_gaussians) * len(config.hyp_lrs) * len(LOSS_VARIANTS) * config.hyp_seeds
-    grids, rows = {}, []
+    picked: dict[str, Any] = {}  # what the later stages take from a complete baseline
+
+    def baseline() -> Any:
+        grid = baseline_grid(config, target, progress, checkpoint_dir)
+        if grid.complete:  # the fixes resume from the most divergent combination's best checkpoints
+            picked["combo"] = combo = pick_combo(grid)
+            picked["starts"], picked["base_rows"] = load_starts(config, grid, combo, shape, checkpoint_dir)
+        return grid
+
+    stages = (("baseline", baseline),
+              ("fixes", lambda: fixes_grid(config, target, picked["starts"], picked["combo"], progress)),
+              ("hypotheses", lambda: hypothesis_grid(config, target, picked["combo"], progress)))
     try:
-        try:
-            grids["baseline"] = baseline_grid(config, target, progress, checkpoint_dir)
-            rows += _rows(grids["baseline"], "baseline")
-            if not grids["baseline"].complete or interrupt_requested():
-                raise GridInterrupted("the baseline grid was interrupted")
-            combo = pick_combo(grids["baseline"])
-            starts, base_rows = load_starts(config, grids["baseline"], combo, shape, checkpoint_dir)
-            grids["fixes"] = fixes_grid(config, target, starts, combo, progress)
-            rows += _rows(grids["fixes"], "fixes")
-            if not grids["fixes"].complete or interrupt_requested():
-                raise GridInterrupted("the fixes grid was interrupted")
-            grids["hyp"] = hypothesis_grid(config, target, combo, progress)
-            rows += _rows(grids["hyp"], "hypotheses")
-            if not grids["hyp"].complete:
-                raise GridInterrupted("the hyp grid was interrupted")
-        except GridInterrupted:
-            done = sum(len(g) for g in grids.values())
-            return StudyResult("gaussian-divergence", title, dataclasses.asdict(config), [], rows=rows,
-                               seconds=time.perf_counter() - t0, complete=False, cells_done=done,
-                               cells_total=cells_total)
-        check = resume_check(config, grids["baseline"], grids["fixes"], base_rows)
-        sections = gc.sections(config, target, grids, combo, check)
+        run = run_stages(stages, row=_scalar_row)
+        if run.stopped is not None:
+            return StudyResult("gaussian-divergence", title, dataclasses.asdict(config), [interrupted_section(run)],
+                               rows=run.rows, seconds=time.perf_counter() - t0, complete=False,
+                               cells_done=run.done, cells_total=cells_total)
+        grids, combo = run.results, picked["combo"]
+        check = resume_check(config, grids["baseline"], grids["fixes"], picked["base_rows"])
+        probe = step_probe(config, grids["baseline"], combo, target, checkpoint_dir)
+        run.rows.extend(_probe_rows(probe))
+        sections = gc.sections(config, target, grids, combo, check, probe)
     finally:
         if scratch is not None:
             scratch.cleanup()
-    return StudyResult("gaussian-divergence", title, dataclasses.asdict(config), sections, rows=rows,
-                       seconds=time.perf_counter() - t0, cells_done=cells_total, cells_total=cells_total)
+    return StudyResult("gaussian-divergence", title, dataclasses.asdict(config), sections, rows=run.rows,
+                       seconds=time.perf_counter() - t0, cells_done=run.done, cells_total=cells_total)
 
 
 STUDY = Study("gaussian-divergence", "2-D Gaussian image fit: Adam's late divergence, H1–H6, fixes resumed from best",

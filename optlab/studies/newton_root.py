@@ -1,6 +1,6 @@
 """Lab note 001: the Newton-root step ``p -= L/||g||² · g`` — starvation, zig-zag and per-group fixes.
 
-Five experiments, each a Section with the note's expectations as claims beside measured numbers:
+Six experiments, each a Section with the note's expectations as claims beside measured numbers:
 
 1. ``(x - 3)²``: the trajectory ``x_n = 3 + (x0 - 3)/2ⁿ``; float32 against float64.
 2. ``(x - 1)² + (y - 2)²`` from (10, 10): rate 1/2 in both coordinates, a straight path.
@@ -8,8 +8,10 @@ Five experiments, each a Section with the note's expectations as claims beside m
 4. linear regression ``w·x + b``: zig-zag and convergence for global, per-layer and per-leaf steps.
 5. an x²-activation MLP: zig-zag of the shared step and of the note's four fix directions against AdamW,
    ``optax.polyak_sgd`` and ``optax.contrib.momo_adam``, over learning rates × seeds.
+6. a ReLU MLP on scikit-learn's digits: the shared, per-layer and Adam-hybrid steps against AdamW
+   (:mod:`optlab.studies.newton_root_network`).
 
-Experiments 2–5 are three ``run_grid`` grids (problem constants and learning rates dynamic, optimizer static),
+Experiments 2–6 are four ``run_grid`` grids (problem constants and learning rates dynamic, optimizer static),
 summarised once by :func:`optlab.studies.summary.summarize_grid`; the claims are pure functions of the measured
 traces (:mod:`optlab.studies.newton_root_claims`), the figures are in :mod:`optlab.studies.newton_root_figures`.
 An interrupted grid (Ctrl-C) ends the study: its finished rows are kept, no later grid runs and no claim is
@@ -37,6 +39,7 @@ from optlab.optimizers.preconditioned import newton_root_adam, newton_root_hutch
 from optlab.problems import linear_regression, quadratic_1d, quadratic_2d, square_mlp
 from optlab.studies import newton_root_claims as nc
 from optlab.studies import newton_root_figures as nf
+from optlab.studies import newton_root_network as nn
 from optlab.studies import summary as sm
 from optlab.studies.base import Section, Study, StudyResult
 from optlab.studies.config import Settings, setting
@@ -86,10 +89,20 @@ class NewtonRootConfig(Settings):
     learning_rates: tuple[float, ...] = setting((0.1, 0.3, 1.0, 2.0), range=(0, None), bounds="(]",
                                                 doc="multipliers of each optimizer's base rate")
     reference_lr: float = setting(1.0, range=(0, None), bounds="(]",
-                                  doc="the multiplier the claims of experiment 5 compare at; one of learning_rates")
+                                  doc="the multiplier the claims of experiments 5-6 compare at; in both lr grids")
     adam_base_lr: float = setting(0.01, range=(0, None), bounds="(]",
                                   doc="base rate of adamw and momo_adam (Newton-root and Polyak bases are 1)")
     seeds: int = setting(8, range=(1, None), doc="seeds per grid cell")
+    net_steps: int = setting(300, range=(2, None),
+                             doc="experiment 6 full-batch steps on the digits MLP (>= 2: step 1 is measured)")
+    net_sizes: tuple[int, ...] = setting((64, 256, 256, 10), range=(1, None), min_len=3,
+                                         doc="experiment 6 layer widths, 64 (pixels) first, 10 (classes) last")
+    net_train: int = setting(0, range=(0, None), doc="experiment 6 training images (the first of the split; 0: all)")
+    net_optimizers: tuple[str, ...] = setting(("global", "per_layer_full", "per_layer_equal", "newton_root_adam",
+                                               "adamw"), choices=OPTIMIZERS,
+                                              doc="experiment 6 optimizers; must include global")
+    net_learning_rates: tuple[float, ...] = setting((0.1, 0.3, 1.0), range=(0, None), bounds="(]",
+                                                    doc="experiment 6 multipliers of the base rates")
 
     @classmethod
     def quick(cls) -> NewtonRootConfig:
@@ -97,7 +110,9 @@ class NewtonRootConfig(Settings):
         return cls(steps=200, start_x=(10.0,), start_y=(10.0,), linreg_scalings=("global", "per_leaf_full"),
                    linreg_steps=60, linreg_n=200, mlp_steps=200, mlp_points=32, learning_rates=(0.3, 1.0), seeds=3,
                    optimizers=("global", "per_leaf_equal", "per_layer_equal", "newton_root_adam",
-                               "newton_root_hutchinson", "adamw"))
+                               "newton_root_hutchinson", "adamw"), net_steps=40, net_sizes=(64, 32, 32, 10),
+                   net_train=256, net_optimizers=("global", "per_layer_equal"),
+                   net_learning_rates=(1.0,))
 
     def check(self) -> None:
         """Rules across fields (each field's own range and choices are checked by ``Settings.validate``)."""
@@ -111,6 +126,7 @@ class NewtonRootConfig(Settings):
             raise ValueError(f"start_x and start_y need equal length; got {self.start_x}, {self.start_y}")
         if self.x0 == A1:
             raise ValueError(f"x0 must differ from the minimiser {A1} (experiment 1 halves the distance), got {self.x0}")
+        nn.check_config(self)
 
 
 def make_optimizer(name: str, learning_rate, *, adam_base_lr: float = 0.01, key=None):
@@ -330,7 +346,7 @@ def _sections_5(config: NewtonRootConfig, grid) -> list[Section]:
 
 # experiment id (of its rows), progress label, its grid, the sections built from the finished grid
 EXPERIMENTS = (("3", "exp 2-3", _quadratic_grid, _sections_2_3), ("4", "exp 4", _linreg_grid, _sections_4),
-               ("5", "exp 5", _mlp_grid, _sections_5))
+               ("5", "exp 5", _mlp_grid, _sections_5), ("6", "exp 6", nn.network_grid, nn.network_sections))
 
 
 def _cells(axes: dict, seeds: int) -> int:
@@ -338,10 +354,10 @@ def _cells(axes: dict, seeds: int) -> int:
 
 
 def run(config: NewtonRootConfig, *, progress: bool = True, run_dir: Path | None = None) -> StudyResult:
-    """Run the five experiments of lab note 001 and return their claims, tables, figures and grid rows.
+    """Run the six experiments of lab note 001 and return their claims, tables, figures and grid rows.
 
     If a grid is interrupted (Ctrl-C), no later grid runs: the result has ``complete=False``, the finished cells'
-    rows, ``cells_done`` / ``cells_total`` over the three grids, and no claim of the interrupted or later
+    rows, ``cells_done`` / ``cells_total`` over the four grids, and no claim of the interrupted or later
     experiments (none is computed from a partial grid).
 
     Example: ``result = run(NewtonRootConfig.quick(), progress=False); result.claims[0].verdict``.
@@ -359,7 +375,7 @@ def run(config: NewtonRootConfig, *, progress: bool = True, run_dir: Path | None
             grid = stopped.result
         if len(grid):
             grid = sm.summarize_grid(grid, floor="floor")
-            if name == "5":  # its floor is 0, which no loss stays below: steps to floor would be -1 everywhere
+            if name in ("5", "6"):  # floor 0, which no loss stays below: steps to floor would be -1 everywhere
                 del grid.outputs["steps_to_floor"]
             rows += _rows(grid, name)
         done += len(grid)
@@ -374,5 +390,5 @@ def run(config: NewtonRootConfig, *, progress: bool = True, run_dir: Path | None
                        cells_total=total)
 
 
-STUDY = Study("newton-root", "lab note 001: the Newton-root (Polyak) step on quadratics, a linear model and an "
-              "x² MLP; starvation, zig-zag and per-group fixes", NewtonRootConfig, run)
+STUDY = Study("newton-root", "lab note 001: the Newton-root (Polyak) step on quadratics, a linear model, an "
+              "x² MLP and a digits MLP; starvation, zig-zag and per-group fixes", NewtonRootConfig, run)

@@ -98,3 +98,15 @@ def loss_bands_figure(curves: dict, title: str, cap: float | None = 10.0):
     ax.set(xlabel="step", ylabel="loss (median, 25–75 % band over seeds)" if bands else "loss", title=title)
     plot.legend(ax, fontsize=8, ncol=2)
     return fig
+
+
+def layer_moves_figure(moves: dict, title: str):
+    """Experiment 6: relative distance each layer moved from its initialisation per step, one panel per optimizer."""
+    fig, axes = plot.new_figure(len(moves), width=4.5, height=3.5)
+    for ax, (label, trace) in zip(np.atleast_1d(axes), moves.items()):
+        trace = np.asarray(trace, np.float64)
+        for k in range(trace.shape[1]):
+            ax.plot(_positive(trace[:, k]), label=f"layer {k}", linewidth=1)
+        _log_axes(ax, "step", "||θ_k - θ_k(0)|| / ||θ_k(0)||", label)
+    fig.suptitle(title)
+    return fig

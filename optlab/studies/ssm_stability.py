@@ -36,6 +36,7 @@ import numpy as np
 from optlab import ablation
 from optlab.engine import loop
 from optlab.engine.grid import run_grid
+from optlab.engine.grid_result import SEED_AXIS, GridResult
 from optlab.problems import cayley_ssm as cs
 from optlab.studies.base import Study, StudyResult
 from optlab.studies.config import Settings, setting
@@ -102,9 +103,11 @@ class SSMStabilityConfig(Settings):
 
     @classmethod
     def quick(cls) -> "SSMStabilityConfig":
-        # one tiny model, 20 steps, 8 seeds: every experiment runs, each grid is one small compiled program
+        # one tiny model, 20 steps, 8 seeds: every experiment runs in three small compiled programs. log_every=1
+        # puts one copy of the training step in each program instead of two (a logged and an unlogged one):
+        # compile-bound at this size, that is worth more than the per-step metrics it adds
         return cls(layers=2, width=8, state=4, delay=4, copy_len=2, n_examples=32, batch_size=16, train_steps=20,
-                   log_every=5, solvers=("exact", "cg"), sweep_iters=(2, 8), sweep_tols=(1e-6,),
+                   log_every=1, solvers=("exact", "cg"), sweep_iters=(2, 8), sweep_tols=(1e-6,),
                    lr_grid=(1e-3, 1e-2), n_boot=50)
 
     def check(self) -> None:
@@ -185,30 +188,122 @@ def switches(config: SSMStabilityConfig) -> list[ablation.Switch]:
 # ------------------------------------------------------------------------------------------------ experiments
 
 
-def factorial_grid(config, progress):
+ARMS = ("wsd", "cosine", "constant", "emergency_fallback")
+
+
+def _solver_lambda(config: SSMStabilityConfig) -> float:
+    # experiment 2 compares lambda = 0 with the recipe's lambda, or the note's 0.01 where the recipe has none
+    return config.unitary_lambda if config.unitary_lambda > 0 else 0.01
+
+
+def recipe_parts(config: SSMStabilityConfig) -> list[tuple[str, dict[str, list], list[dict]]]:
+    """Every run of the recipe's own model (complex, ``config.solver``) as ``(part, axes, recipes)``.
+
+    ``recipes`` lists one numeric recipe per combination of ``axes`` in grid order (first axis slowest): the
+    factorial (one 0/1 axis per switch), the complex half of the LR grid, the scheduler arms and the recipe's own
+    solver with and without ``unitary_lambda``. They differ only in traced numbers, so one program runs them all.
+    """
     base = _numeric(recipe_of(config))
     sw = switches(config)
-    if not sw:  # nothing differs: the recipe alone, as a one-cell grid
-        return run_grid(lambda hp, key: train(config, base, key), {"recipe": ["this"]}, seeds=config.seeds,
-                        static=["recipe"], progress=progress, label="ssm recipe")
-    return ablation.factorial(lambda hp, key: train(config, hp, key), sw, seeds=config.seeds, base=base,
-                              progress=progress, label="ssm factorial")
+    if sw:
+        bits = [np.unravel_index(j, (2,) * len(sw)) for j in range(2 ** len(sw))]
+        factorial = [{**base, **{s.name: s.changed if b[i] else s.baseline for i, s in enumerate(sw)}} for b in bits]
+        parts = [("factorial", {s.name: [0, 1] for s in sw}, factorial)]
+    else:  # nothing differs: the recipe alone
+        parts = [("factorial", {"recipe": ["this"]}, [base])]
+    parts.append(("lr_complex", {"learning_rate": list(config.lr_grid)},
+                  [{**base, "learning_rate": lr} for lr in config.lr_grid]))
+    arms = [{**base, "scheduler_type": float(i)} for i in range(3)] + [_numeric(NOTE_RECIPES["emergency_fallback"])]
+    parts.append(("schedulers", {"arm": list(range(len(ARMS)))}, arms))
+    if config.solver in config.solvers:
+        lams = [0.0, _solver_lambda(config)]
+        parts.append(("solvers_own", {"solver": [config.solver], "unitary_lambda": lams},
+                      [{**base, "unitary_lambda": lam} for lam in lams]))
+    return parts
 
 
-def solver_grid(config, progress):
-    lam = config.unitary_lambda if config.unitary_lambda > 0 else 0.01
-    base = _numeric(recipe_of(config))
+def recipe_grid(config, progress) -> dict[str, Any]:
+    """The parts of :func:`recipe_parts` as one ``run_grid`` over a recipe index (one compiled program).
 
-    # the solver is a traced index (lax.switch): one compiled program for the whole solver × lambda grid
-    spec = spec_of(config, solver_choices=tuple(config.solvers))
+    Returns the parts as GridResults (the factorial as an :class:`~optlab.ablation.Ablation`); an interrupted grid
+    comes back whole (``{"recipes": grid}``, incomplete) so that no part is read from missing cells.
+    """
+    parts = recipe_parts(config)
+    recipes = [r for _, _, rs in parts for r in rs]
+    table = {k: jnp.asarray([float(r[k]) for r in recipes], jnp.float32) for k in RECIPE_KEYS}
 
     def cell(hp, key):
-        return train(config, {**base, "unitary_lambda": hp["unitary_lambda"], "solver_index": hp["solver_index"]},
-                     key, spec)
+        i = jnp.asarray(hp["recipe"], jnp.int32)
+        return train(config, {k: v[i] for k, v in table.items()}, key)
 
-    grid = run_grid(cell, {"solver_index": list(range(len(config.solvers))), "unitary_lambda": [0.0, lam]},
-                    seeds=config.seeds, progress=progress, label="ssm solvers x unitary_lambda")
-    return _relabel(grid, "solver_index", "solver", list(config.solvers))
+    grid = run_grid(cell, {"recipe": list(range(len(recipes)))}, seeds=config.seeds, progress=progress,
+                    label="ssm recipes (factorial + lr grid + schedulers + own solver)")
+    return split_parts(grid, parts, switches(config), _numeric(recipe_of(config)))
+
+
+def split_parts(grid, parts, sw, base) -> dict[str, Any]:
+    """A grid over ``recipe`` (× seed) cut back into the experiments of ``parts`` (see :func:`recipe_grid`)."""
+    if not grid.complete:
+        return {"recipes": grid}
+    out, first = {}, 0
+    for name, axes, rs in parts:
+        out[name] = _part(grid, first, axes)
+        first += len(rs)
+    if sw:
+        out["factorial"] = ablation.Ablation(out["factorial"], tuple(sw), base)
+    return out
+
+
+def _part(grid, first: int, axes: dict[str, list]):
+    """Cells ``first ..`` of a grid over ``recipe`` (× seed), as a GridResult over ``axes`` × seed."""
+    shape = tuple(len(v) for v in axes.values())
+    recipe = grid.index[:, 0] - first
+    mask = (recipe >= 0) & (recipe < math.prod(shape))
+    index = np.column_stack([*np.unravel_index(recipe[mask], shape), grid.index[mask, 1]]).astype(grid.index.dtype)
+    return GridResult({**axes, SEED_AXIS: grid.axes[SEED_AXIS]}, index,
+                      {k: v[mask] for k, v in grid.outputs.items()}, info=grid.info)
+
+
+def _concat(grids: list, axis: str, order: list | None = None):
+    """Grids with the same axes joined along their first axis ``axis``, its values put in ``order`` (grid order)."""
+    values = [v for g in grids for v in g.axes[axis]]
+    offsets = np.cumsum([0] + [len(g.axes[axis]) for g in grids[:-1]])
+    index = np.concatenate([g.index + np.eye(1, g.index.shape[1], 0, dtype=g.index.dtype) * o
+                            for g, o in zip(grids, offsets)])
+    outputs = {k: np.concatenate([g.outputs[k] for g in grids]) for k in grids[0].outputs}
+    if order is not None:  # renumber the axis, then restore grid order (first axis slowest, seed fastest)
+        index[:, 0] = np.asarray([order.index(v) for v in values])[index[:, 0]]
+        values = list(order)
+        rows = np.lexsort(index.T[::-1])
+        index, outputs = index[rows], {k: v[rows] for k, v in outputs.items()}
+    axes = {axis: values, **{k: v for k, v in grids[0].axes.items() if k != axis}}
+    return GridResult(axes, index, outputs, complete=all(g.complete for g in grids),
+                      info={"programs": sum(g.info.get("programs", 0) for g in grids)})
+
+
+def solver_grid(config, progress, own=None):
+    """Training under each of ``config.solvers`` with and without ``unitary_lambda``.
+
+    The recipe's own solver comes from :func:`recipe_grid` (``own``); the others run here as one program with the
+    solver a traced index (``lax.switch``). Without ``own`` every solver runs here.
+    """
+    base = _numeric(recipe_of(config))
+    others = [s for s in config.solvers if own is None or s != config.solver]
+    grids = [] if own is None else [own]
+    if others:
+        spec = spec_of(config, solver_choices=tuple(others))
+
+        def cell(hp, key):
+            return train(config, {**base, "unitary_lambda": hp["unitary_lambda"],
+                                  "solver_index": hp["solver_index"]}, key, spec)
+
+        grid = run_grid(cell, {"solver_index": list(range(len(others))),
+                               "unitary_lambda": [0.0, _solver_lambda(config)]},
+                        seeds=config.seeds, progress=progress, label="ssm solvers x unitary_lambda")
+        if not grid.complete:
+            return grid
+        grids.append(_relabel(grid, "solver_index", "solver", others))
+    return _concat(grids, "solver", list(config.solvers))
 
 
 def _relabel(grid, old: str, new: str, values: list):
@@ -226,7 +321,9 @@ def solve_sweep(config: SSMStabilityConfig, seeds: int | None = None) -> list[di
     # tolerance are vmapped axes, the iteration budget a traced limit under one scan of max(sweep_iters) steps.
     seeds = seeds or config.seeds
     spec = spec_of(config)
-    ps = jnp.stack([cs.init_params(jax.random.key(s), spec)["layers"]["P"] for s in range(seeds)])
+    # the P each seed's training run starts from (train's key split), drawn in one program
+    init_p = lambda s: cs.init_params(jax.random.split(jax.random.key(s), 3)[1], spec)["layers"]["P"]  # noqa: E731
+    ps = jax.jit(jax.vmap(init_p))(jnp.arange(seeds))
     ps = ps.reshape(-1, spec.state, spec.state)
     gs = jnp.stack([jax.vmap(lambda p, h=h: cs.generator(p, h))(ps) for h in (True, False)])  # (2, cells, n, n)
     rows = []
@@ -257,36 +354,27 @@ def _solve_stats(g, solver, iters, tol, limit=None):
     return {"residual": info.residual, "iterations": info.iterations, "unitary_dev": cs.unitary_deviation(u)}
 
 
-def lr_grid(config, progress):
+def twin_grid(config, progress):
+    """The LR grid for the real-valued twin (same real parameter count to rounding): its own program (shapes)."""
     base = _numeric(recipe_of(config))
     twin = spec_of(config, complex_valued=False, state=cs.twin_state(spec_of(config)))
-
-    def cell(hp, key):
-        spec = spec_of(config) if hp["model"] == "complex" else twin
-        return train(config, {**base, "learning_rate": hp["learning_rate"]}, key, spec)
-
-    return run_grid(cell, {"model": ["complex", "real twin"], "learning_rate": list(config.lr_grid)},
-                    seeds=config.seeds, static=["model"], progress=progress, label="ssm lr grid")
+    return run_grid(lambda hp, key: train(config, {**base, "learning_rate": hp["learning_rate"]}, key, twin),
+                    {"learning_rate": list(config.lr_grid)}, seeds=config.seeds, progress=progress,
+                    label="ssm lr grid (real twin)")
 
 
-ARMS = ("wsd", "cosine", "constant", "emergency_fallback")
-
-
-def scheduler_grid(config, progress):
-    recipes = [{**_numeric(recipe_of(config)), "scheduler_type": float(i)} for i in range(3)]
-    recipes.append(_numeric(NOTE_RECIPES["emergency_fallback"]))
-    table = {k: jnp.asarray([r[k] for r in recipes], jnp.float32) for k in RECIPE_KEYS}
-
-    def cell(hp, key):
-        arm = jnp.asarray(hp["arm"], jnp.int32)
-        return train(config, {k: v[arm] for k, v in table.items()}, key)
-
-    return run_grid(cell, {"arm": list(range(len(ARMS)))}, seeds=config.seeds, progress=progress,
-                    label="ssm schedulers")
+def _with_axis(grid, name: str, value):
+    """The grid with a leading one-value axis ``name`` (to join it with others along that axis)."""
+    return GridResult({name: [value], **grid.axes}, np.column_stack([np.zeros(len(grid), grid.index.dtype),
+                                                                     grid.index]),
+                      grid.outputs, complete=grid.complete, info=grid.info)
 
 
 def run(config: SSMStabilityConfig, *, progress: bool = True, run_dir: Path | None = None) -> StudyResult:
     """Run lab note 003's study; an interrupted grid stops it with ``complete=False`` and no claims.
+
+    Three compiled training programs: every run of the recipe's model (:func:`recipe_grid`), the other solvers
+    (:func:`solver_grid`) and the real twin (:func:`twin_grid`); then the solve sweep (small programs).
 
     Example: ``result = run(SSMStabilityConfig.quick(), progress=False)``.
     """
@@ -296,25 +384,33 @@ def run(config: SSMStabilityConfig, *, progress: bool = True, run_dir: Path | No
     config.validate()
     start = time.perf_counter()
     title = "Complex Cayley SSM stability (lab note 003): six changes, unitarity and the solver, measured"
-    stages = (("factorial", lambda: factorial_grid(config, progress)),
-              ("solvers", lambda: solver_grid(config, progress)),
-              ("lr_grid", lambda: lr_grid(config, progress)),
-              ("schedulers", lambda: scheduler_grid(config, progress)))
+    parts = {}
+    stages = (("recipes", lambda: parts.update(recipe_grid(config, progress)) or parts),
+              ("solvers", lambda: solver_grid(config, progress, parts.get("solvers_own"))),
+              ("twin", lambda: twin_grid(config, progress)))
     total = (2 ** len(switches(config)) + 2 * len(config.solvers) + 2 * len(config.lr_grid) + len(ARMS)) * config.seeds
-    run = run_stages(stages, row=lambda r: {k: v for k, v in r.items() if k not in TRACES})
-    rows, done, results = run.rows, run.done, run.results
+    drop = lambda r: {k: v for k, v in r.items() if k not in TRACES}  # noqa: E731
+    run = run_stages(stages, row=drop)
     if run.stopped is not None:
-        return StudyResult("ssm-stability", title, dataclasses.asdict(config), [interrupted_section(run)], rows=rows,
-                           complete=False, cells_done=done, cells_total=total, seconds=time.perf_counter() - start)
+        return StudyResult("ssm-stability", title, dataclasses.asdict(config), [interrupted_section(run)],
+                           rows=run.rows, complete=False, cells_done=run.done, cells_total=total,
+                           seconds=time.perf_counter() - start)
+    lr = _concat([_with_axis(parts["lr_complex"], "model", "complex"),
+                  _with_axis(run.results["twin"], "model", "real twin")], "model")
+    results = {"factorial": parts["factorial"], "solvers": run.results["solvers"], "lr_grid": lr,
+               "schedulers": parts["schedulers"]}
+    # the flat table per experiment (the recipes program's cells appear once, under the experiment they serve)
+    rows = [{"grid": name, **drop(r)} for name, out in results.items()
+            for r in (out.grid if isinstance(out, ablation.Ablation) else out).to_rows()]
     sweep = solve_sweep(config)
     rows += [{"grid": "solve_sweep", **r} for r in sweep]
     sections = claims.sections(config, results, sweep)
     return StudyResult("ssm-stability", title, dataclasses.asdict(config), sections, rows=rows,
-                       seconds=time.perf_counter() - start, cells_done=done, cells_total=done)
+                       seconds=time.perf_counter() - start, cells_done=run.done, cells_total=run.done)
 
 
 STUDY = Study("ssm-stability", "lab note 003: complex Cayley SSM, six optimizer changes (factorial, Shapley), "
               "unitarity drift vs the solver", SSMStabilityConfig, run)
 
-__all__ = ["ARMS", "NOTE_RECIPES", "RECIPE_KEYS", "STUDY", "SSMStabilityConfig", "lr_grid", "recipe_of", "run",
-           "scheduler_grid", "solve_sweep", "solver_grid", "spec_of", "switches", "train"]
+__all__ = ["ARMS", "NOTE_RECIPES", "RECIPE_KEYS", "STUDY", "SSMStabilityConfig", "recipe_grid", "recipe_of",
+           "recipe_parts", "run", "solve_sweep", "solver_grid", "spec_of", "switches", "train", "twin_grid"]

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from optlab.correction.pruning import lowest_mask, magnitude_mask, prune, wanda_mask
+from optlab.correction.pruning import lowest_mask, magnitude_mask, nm_mask, prune, wanda_mask
 
 
 @pytest.mark.parametrize("sparsity", [0.0, 0.3, 0.5, 0.9])
@@ -69,3 +69,43 @@ def test_bad_scope_and_shapes_raise():
         magnitude_mask(np.ones((4, 4)), 0.5, scope="rows")
     with pytest.raises(ValueError, match="x must have shape"):
         wanda_mask(np.ones((4, 4)), np.ones((3, 5)), 0.5)
+
+
+@pytest.mark.parametrize("pattern", ["2:4", "4:8", "1:4", "0:2", "3:3"])
+@pytest.mark.parametrize("wanda", [False, True])
+def test_nm_mask_keeps_exactly_n_of_every_group_and_the_largest(pattern, wanda):
+    keep, group = (int(p) for p in pattern.split(":"))
+    rng = np.random.default_rng(3)
+    w = rng.normal(size=(24, 5))
+    x = rng.normal(size=(16, 24)) * rng.uniform(0.1, 10, size=24) if wanda else None
+    mask = np.asarray(nm_mask(w, pattern, x=x))
+    grouped = mask.reshape(24 // group, group, 5)
+    np.testing.assert_array_equal(grouped.sum(axis=1), keep)  # every group of every output keeps exactly N
+    score = np.abs(w) * (np.linalg.norm(x, axis=0)[:, None] if wanda else 1.0)
+    score = score.reshape(24 // group, group, 5)
+    if 0 < keep < group:  # within a group every pruned score is <= every kept one
+        pruned_max = np.where(~grouped, score, -np.inf).max(axis=1)
+        kept_min = np.where(grouped, score, np.inf).min(axis=1)
+        assert np.all(pruned_max <= kept_min)
+
+
+def test_nm_ties_prune_the_lowest_index_and_prune_accepts_patterns():
+    mask = np.asarray(nm_mask(jnp.ones((8, 1)), "2:4"))
+    np.testing.assert_array_equal(mask[:, 0], [False, False, True, True] * 2)
+    w = np.random.default_rng(4).normal(size=(16, 3))
+    w_pruned, mask = prune(w, sparsity="4:8")
+    assert float(np.mean(~np.asarray(mask))) == 0.5
+    np.testing.assert_array_equal(np.asarray(w_pruned) != 0, np.asarray(mask))
+
+
+@pytest.mark.parametrize("pattern, match", [("2-4", "N:M"), ("5:4", "N <= M"), (2, "N:M")])
+def test_bad_patterns_are_refused(pattern, match):
+    with pytest.raises(ValueError, match=match):
+        nm_mask(np.ones((8, 2)), pattern)
+
+
+def test_nm_needs_d_in_divisible_by_m_and_a_per_output_method():
+    with pytest.raises(ValueError, match="divisible"):
+        nm_mask(np.ones((6, 2)), "2:4")
+    with pytest.raises(ValueError, match="per group"):
+        prune(np.ones((8, 2)), sparsity="2:4", method="magnitude_global")

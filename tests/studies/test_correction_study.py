@@ -2,6 +2,8 @@
 
 import dataclasses
 
+import jax
+import jax.numpy as jnp
 import pytest
 from matplotlib.figure import Figure
 
@@ -11,7 +13,9 @@ from optlab.studies.correction import STUDY, CorrectionConfig
 
 @pytest.fixture(scope="module")
 def result():
-    return STUDY.run(CorrectionConfig.quick(), progress=False)
+    # The digits section has its own tiny test below (test_network_section_*): the quick config's network would
+    # compile ~40 programs here.
+    return STUDY.run(dataclasses.replace(CorrectionConfig.quick(), network=False), progress=False)
 
 
 def test_registered_under_its_cli_name():
@@ -67,7 +71,7 @@ def test_cli_grid_override_and_validation():
 def _tiny(**changes):
     """A config small enough for a second or two per run."""
     base = CorrectionConfig(d_in=16, d_out=8, n=24, seeds=3, magnitude=(0.01, 0.02), fraction=(0.1, 0.25),
-                            sweep=(1.0,), ceiling_layers=("synthetic",))
+                            sweep=(1.0,), ceiling_layers=("synthetic",), network=False)
     return dataclasses.replace(base, **changes)
 
 
@@ -122,3 +126,52 @@ def test_partly_finished_grid_keeps_its_rows_and_computes_no_claim(monkeypatch):
     assert len(res.rows) == grid_cells // 2 and all(r["grid"] == "fixed" for r in res.rows)
     table = res.sections[0].tables[0]
     assert len(table.rows) == len({(r["magnitude"], r["fraction"]) for r in res.rows})
+
+
+def _tiny_network(tmp_path):
+    return dataclasses.replace(CorrectionConfig.quick(), network_sizes=(64, 16, 10), network_steps=50,
+                               network_seeds=2, network_calib_pool=64, network_calib_rows=32,
+                               network_sparsities=(0.5,), network_patterns=(), network_magnitudes=(0.01, 0.2),
+                               network_fractions=(0.5, 1.0), network_calibration=("sequential",),
+                               network_cache=str(tmp_path))
+
+
+def test_network_section_table_claims_and_test_split_never_reaches_selection(tmp_path, monkeypatch):
+    from optlab.problems import digits
+    from optlab.studies import correction_network as cn
+
+    config = _tiny_network(tmp_path)
+    config.validate()
+    test_x = digits.load(0, calib=config.network_calib_pool).test[0]
+    seen = []
+    real_select = cn.select_fixed_cell
+
+    def spy(*args, **kwargs):  # records every array the selection code receives
+        seen.extend(a for a in jax.tree.leaves((args, kwargs)) if hasattr(a, "shape"))
+        return real_select(*args, **kwargs)
+
+    monkeypatch.setattr(cn, "select_fixed_cell", spy)
+    found = cn.measure(config)
+    assert seen and not any(a.shape == test_x.shape and bool(jnp.all(a == test_x)) for a in seen)
+    section = cn.section(config, found)
+    accuracy = section.tables[0]
+    assert [row[0] for row in accuracy.rows] == list(cn.ROW_NAMES.values())
+    assert accuracy.headers == ["method", "50 %"]
+    shares = section.tables[2].rows
+    assert shares[-1][1].startswith("100.0")  # the ceiling recovers all of itself
+    texts = " ".join(c.claim for c in section.claims)
+    for needle in ("95", "recovers accuracy", "sweet spot", "stops earlier"):
+        assert needle in texts
+    rows = cn.rows(found)
+    assert len(rows) == len(cn.ROW_NAMES) * config.network_seeds
+    by = {(r["method"], r["seed"]): r for r in rows}
+    for seed in range(config.network_seeds):  # the ceiling's share bounds every method that keeps its mask
+        for method in ("greedy_fixed", "greedy_optimal", "sparsegpt", "admm"):
+            assert by[method, seed]["share"] <= by["least_squares", seed]["share"] + 1e-3
+
+
+def test_network_config_rules():
+    with pytest.raises(ValueError, match="network_calib_rows"):
+        dataclasses.replace(CorrectionConfig.quick(), network_calib_rows=600).validate()
+    with pytest.raises(ValueError, match="network_patterns"):
+        dataclasses.replace(CorrectionConfig.quick(), network_patterns=("3:4",)).validate()

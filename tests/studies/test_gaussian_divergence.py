@@ -7,6 +7,7 @@ import dataclasses
 import re
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -41,6 +42,20 @@ def test_resume_from_the_best_checkpoint_is_bit_identical(tmp_path):
     np.testing.assert_array_equal(np.asarray(more.trace["loss"]), np.asarray(whole.trace["loss"][step:step + 5]))
 
 
+def test_measured_step_of_a_fresh_adam_state_is_one_lr_per_entry():
+    target = gi.synthetic_target(12)
+    loss = gi.make_loss(target, chunk=64)
+    opt = gd._optimizer("adam", 1e-2, (12, 12), 0.0)
+    params = [gi.init_params(k, 4, (12, 12)) for k in jax.random.split(jax.random.key(1), 2)]
+    states = [loop.start_state(p, opt.init(p), step=jnp.asarray(0, jnp.int32)) for p in params]
+    out = gd.measured_steps(loss, params[0], opt, jax.tree.map(lambda *xs: jnp.stack(xs), *states), 1e-2)
+    # Adam's first update is lr · g / (|g| + eps): |Δθ| / lr is 1 for every entry whose gradient is far above eps
+    for group in gd.STEP_GROUPS:
+        np.testing.assert_allclose(np.asarray(out[f"max/{group}"]), 1.0, rtol=1e-4)
+        np.testing.assert_allclose(np.asarray(out[f"median/{group}"]), 1.0, rtol=1e-3)
+    np.testing.assert_array_equal(np.asarray(out["step"]), [0, 0])
+
+
 def test_bad_config_is_refused_before_any_work():
     config = dataclasses.replace(gd.GaussianDivergenceConfig.quick(), checkpoint_every=7)
     with pytest.raises(ValueError, match="checkpoint_every"):
@@ -53,10 +68,12 @@ def test_quick_study_writes_report_csv_config_and_figures(tmp_path):
     sets = [a for k, v in text.items() for a in ("--set", f"{k}={v}")]
     assert main(["run", "gaussian-divergence", "--quick", *sets, "--out", str(out), "--no-progress"]) == 0
     for name in ("report.md", "results.csv", "config.yaml", "loss_terms.png", "fixes.png", "heatmap_lr_n.png",
-                 "images.png", "degeneracy.png"):
+                 "images.png", "degeneracy.png", "bias_correction.png"):
         assert (out / name).is_file(), name
     report = (out / "report.md").read_text()
     assert "H1" in report and "H6" in report and "moment_reset" in report
+    assert "measured median" in report and "/lr at best → end" in report
+    assert "h1_probe" in (out / "results.csv").read_text()  # the measured steps are rows of the CSV too  # H1 is measured from the optimizer's own steps
     # the study measures its own bit-exact resume: "none" repeats each baseline run after its best checkpoint
     same, total = map(int, re.search(r"bit for bit in (\d+) of (\d+) runs", report).groups())
     assert total >= 1 and same == total

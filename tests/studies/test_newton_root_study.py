@@ -180,23 +180,31 @@ def test_quick_study_end_to_end(tmp_path):
     config = nr.NewtonRootConfig.quick()
     result = nr.run(config, progress=False)
 
-    # all five experiments, valid verdicts, measured numbers
-    assert len(result.sections) == 5
-    assert {c.experiment for c in result.claims} == {"1", "2", "3", "4", "5"}
+    # all six experiments, valid verdicts, measured numbers
+    assert len(result.sections) == 6
+    assert {c.experiment for c in result.claims} == {"1", "2", "3", "4", "5", "6"}
     for claim in result.claims:
         assert claim.measured and not _nan_number(claim.measured), claim
     figures = [name for section in result.sections for name in section.figures]
     assert len(figures) >= 4 and len(set(figures)) == len(figures)
     assert all(name.endswith(".png") for name in figures)
 
-    # one row per grid cell of experiments 3-5
-    by_experiment = {e: [r for r in result.rows if r["experiment"] == e] for e in ("3", "4", "5")}
+    # one row per grid cell of experiments 3-6
+    by_experiment = {e: [r for r in result.rows if r["experiment"] == e] for e in ("3", "4", "5", "6")}
     n_c = len({*config.c_values, 1.0, config.c})
     assert len(by_experiment["3"]) == n_c * len(nr.QUAD_SCALINGS) * len(config.start_x) * len(config.start_y)
     assert len(by_experiment["4"]) == len(config.linreg_scalings) * config.seeds
     assert len(by_experiment["5"]) == len(config.optimizers) * len(config.learning_rates) * config.seeds
     cells = {(r["optimizer"], r["learning_rate"], r["seed"]) for r in by_experiment["5"]}
     assert len(cells) == len(by_experiment["5"])
+    assert len(by_experiment["6"]) == len(config.net_optimizers) * len(config.net_learning_rates) * config.seeds
+    # experiment 6 is paired: at one seed every optimizer starts from the same network (same first loss)
+    first = {}
+    for row in by_experiment["6"]:
+        first.setdefault(row["seed"], set()).add(round(row["initial_loss"], 5))
+        assert 0 <= row["test_accuracy"] <= 1 and 0 <= row["starvation"] <= 1, row
+    assert len(first) == config.seeds and all(len(losses) == 1 for losses in first.values())
+    assert len({row["initial_loss"] for row in by_experiment["6"]}) > 1  # ... and the seed changes it
     for row in result.rows:
         assert not np.isnan(row["final_loss"]) and not np.isnan(row["zigzag"]), row
 
@@ -205,6 +213,7 @@ def test_quick_study_end_to_end(tmp_path):
     assert claims[("1", "trajectory x_n = 3 + (x0 - 3)/2ⁿ")].verdict == "confirmed"
     assert claims[("2", "both coordinates contract by 1/2 per step")].verdict == "confirmed"
     assert claims[("2", "straight path from (10, 10) to (1, 2)")].verdict == "confirmed"
+    assert ("6", "the shared step zig-zags on a real network and per-layer scaling removes it") in claims
 
     # the report writer accepts the result
     from optlab import report
@@ -216,7 +225,7 @@ def test_quick_study_end_to_end(tmp_path):
 
 def _tiny_config(**changes):
     return dataclasses.replace(nr.NewtonRootConfig.quick(), steps=40, c=10.0, c_values=(10.0,), seeds=2,
-                               linreg_steps=5, linreg_n=8, **changes)
+                               linreg_steps=5, linreg_n=8, net_steps=5, **changes)
 
 
 def _interrupt_at(monkeypatch, label, keep):
@@ -243,17 +252,18 @@ def _interrupt_at(monkeypatch, label, keep):
 
 def _cells(config):
     n3 = len({*config.c_values, 1.0, config.c}) * len(nr.QUAD_SCALINGS) * len(config.start_x) * len(config.start_y)
+    n6 = math.prod(map(len, (config.net_optimizers, config.net_learning_rates))) * config.seeds
     return n3, len(config.linreg_scalings) * config.seeds, math.prod(map(len, (config.optimizers,
-                                                                           config.learning_rates))) * config.seeds
+                                                                           config.learning_rates))) * config.seeds, n6
 
 
 def test_interrupted_grid_stops_the_study_and_keeps_finished_rows(monkeypatch, tmp_path):
     config = _tiny_config()
     called = _interrupt_at(monkeypatch, "exp 4", lambda grid: grid.select(scaling="global", seed=0))
     result = nr.run(config, progress=False)
-    n3, n4, n5 = _cells(config)
-    assert called == ["exp 2-3", "exp 4"]  # experiment 5 never starts
-    assert not result.complete and (result.cells_done, result.cells_total) == (n3 + 1, n3 + n4 + n5)
+    n3, n4, n5, n6 = _cells(config)
+    assert called == ["exp 2-3", "exp 4"]  # experiments 5 and 6 never start
+    assert not result.complete and (result.cells_done, result.cells_total) == (n3 + 1, n3 + n4 + n5 + n6)
     assert [r["experiment"] for r in result.rows] == ["3"] * n3 + ["4"]
     assert {c.experiment for c in result.claims} == {"1", "2", "3"}  # none from the partial grid
     assert "1 of 4 cells finished" in result.sections[-1].text
@@ -263,7 +273,7 @@ def test_interrupted_grid_stops_the_study_and_keeps_finished_rows(monkeypatch, t
     from optlab import report as rp
 
     rp.write_report(result, tmp_path)
-    assert report.read_text().startswith(f"INCOMPLETE: {n3 + 1} of {n3 + n4 + n5} cells")
+    assert report.read_text().startswith(f"INCOMPLETE: {n3 + 1} of {n3 + n4 + n5 + n6} cells")
 
 
 def test_grid_refused_after_an_earlier_interrupt_returns_an_empty_incomplete_result(monkeypatch):

@@ -1,0 +1,349 @@
+"""Lane compaction for ``run_grid(compact_every=K)``: finished cells stop costing compute.
+
+Under ``vmap`` every cell (lane) of a program runs until the slowest ends: a ``cond`` on a batched predicate
+becomes a ``select``, so an early-stopped cell keeps paying for its frozen steps. With ``compact_every=K`` the
+grid runs the cell's one ``fit`` call in segments of ``K`` steps. Between segments the host reads each cell's
+:class:`~optlab.engine.checkpoint.TrainState`, drops the cells that early stopped, and re-packs the live ones into
+narrower programs whose widths are powers of two, at least 2 (so a grid compiles at most ``log2(width)``
+segment programs, plus one per width for a shorter last segment). At the end one *finish* program per chunk traces
+the cell function again with each cell's final state and trace rows, so ``fn`` computes its outputs from them as if
+``fit`` had run all its steps at once. Segments carry only the trace columns ``fn``'s outputs use (found by
+dead-code elimination of the finish program's jaxpr in the probe).
+
+Bit-identity: every output of every cell equals the uncompacted grid's bit for bit, on XLA:CPU with the compile
+option run_grid sets (:data:`optlab.engine.grid_program._COMPILER_OPTIONS`: no YNNPACK reduce fusions), for the problems
+in ``tests/engine/test_compaction.py`` and ``benchmarks/bench_grid.py`` (1024 cells re-packed to 256). Why it
+holds: a segment restarts ``fit``'s training scan from the state the previous segment ended with, as a
+checkpointed ``fit`` does (its batches are a function of ``(key, step)``). A frozen cell's later trace rows are
+not constant: ``fit`` records the loss and gradient norms at the frozen parameters on each step's batch. They are
+periodic, though: with full-batch data every step sees the same batch (period 1) and with fixed-order mini-batches
+step ``t`` sees batch ``t mod per_epoch`` (period ``per_epoch``). The finish program runs the frozen state for one
+period (no update is applied to a frozen cell) and tiles those rows over the rest of the trace, with the schedule
+column evaluated at each row's step, so the dropped cell's trace, best, stop step and counters equal the
+uncompacted run's. With shuffled mini-batches every epoch differs, so their frozen cells stay in the program
+(compaction then only costs the segment overhead).
+
+What the guarantee rests on, and where it ends: the re-packed programs differ from the uncompacted one only in
+their width (and scan length), so bit-identity needs XLA to round a cell the same way at every width. Three things
+broke that and are handled: (1) XLA:CPU's YNNPACK reduce fusion splits a reduction (the mean over 256 examples)
+into a reduce-window and a reduce that form one fusion at width 1024 but two at 256, summing in another order (at
+256 cells 93 of 256 losses differed in the last bit from the same cells at 1024); run_grid compiles with those
+fusions off. (2) A width-1 program drops the batch dimension and its dots round differently: widths are >= 2.
+(3) A trace column that fn does not use is dead in the uncompacted program, and XLA then fuses a sibling
+column's reductions differently (``grad_norm`` without ``group_grad_norms`` differed by 1 ulp): segments carry
+only the used columns. Other backends, other XLA versions or other shape-dependent choices (an XLA:GPU autotuned
+kernel, a reduction XLA splits at a size threshold) may still make a narrower program round differently; the
+results then agree to float rounding, as after a change of ``chunk_size``.
+
+Which cells are dropped, and why only those: a cell that early stopped (``stopped_at >= 0``) never changes again,
+so its outputs are known. A diverging or non-finite cell that has not stopped keeps changing (the NaN guard skips
+its steps and counts them, a mini-batch may be finite again, a dynamic loss scale backs off), so dropping it would
+change its result; stop such cells with ``fit(early_stop=...)`` (a non-finite loss never improves, so a cell that
+goes non-finite stops after ``patience`` steps) and compaction drops them like any stopped cell.
+
+Example:
+  >>> bucket_width(5, chunk=64, n_devices=1), bucket_width(5, chunk=4, n_devices=1), bucket_width(1, 64, 1)
+  (8, 4, 2)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import math
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from optlab.engine import batching
+from optlab.engine.checkpoint import TrainState
+
+# A frozen cell's tail is rebuilt from one period of its rows; beyond this share of the run's steps that costs
+# more than running it (e.g. one batch per example of a large data set): such cells stay in the program.
+_MAX_PERIOD_SHARE = 0.25
+
+
+class Lane:
+    """What one traced cell's ``fit`` does under ``run_grid(compact_every=...)``; set by run_grid while it traces.
+
+    ``mode`` is ``("probe", info)`` (record the run's static layout in ``info``, run normally: only shapes are
+    traced), ``("run", n_rows, columns)`` (run ``n_rows`` trace rows from ``inputs[0]``, or from fit's own start
+    state where its step is negative, and keep the new state and the trace ``columns`` of its rows in ``outputs``;
+    None: all) or ``("finish", with_tail)`` (no steps: the result is the state and rows in ``inputs``, columns
+    missing there filled with zeros, frozen tails rebuilt when ``with_tail``).
+    """
+
+    def __init__(self, mode: tuple, inputs: Any):
+        self.mode, self.inputs, self.taken, self.outputs = mode, inputs, False, None
+
+    def run(self, run_chunk, state: TrainState, data: Any, *, steps: int, log_every: int, batch_size, shuffle: bool,
+            schedule, every: int) -> tuple[TrainState, dict]:
+        """The training of the ``fit`` that took this lane: ``(final state, trace rows)`` as ``fit`` returns them.
+
+        Args:
+          run_chunk: fit's jitted chunk ``(state, data, n_rows) -> (state, rows, final loss)``; its attribute
+            ``per_step`` builds the same chunk with one row per step (for frozen tails).
+          state: fit's start state (fresh, ``start=`` or loaded).
+          data, steps, log_every, batch_size, shuffle, schedule: fit's arguments.
+          every: the early-stopping block length (1 without block early stopping).
+
+        Returns:
+          The state after the steps this lane runs, and the trace rows (full length, ``steps // log_every``).
+        """
+        total_rows = steps // log_every
+        period = _period(data, batch_size, shuffle)
+        kind = self.mode[0]
+        if kind == "probe":
+            new, rows, _ = run_chunk(state, data, total_rows)
+            # one cell's lane inputs as shapes (a leading cell axis of 1), for used_columns
+            shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct((1, *a.shape), a.dtype),
+                                  (state._replace(key=jax.random.key_data(state.key)), rows))
+            self.mode[1].update(total_rows=total_rows, log_every=log_every, steps=steps, period=period,
+                                lane_shapes=shapes)
+            return new, rows
+        impl = jax.random.key_impl(state.key)
+        given_state, given_rows = self.inputs
+        if kind == "run":
+            # a negative step marks a cell's first segment: it starts from fit's own start state (one program serves
+            # the first segment and the later ones)
+            own = state._replace(key=jax.random.key_data(state.key))
+            start = _wrap_key(jax.tree.map(lambda a, b: jnp.where(given_state.step < 0, a, b), own, given_state), impl)
+            new, rows, _ = run_chunk(start, data, self.mode[1])
+            # Only the columns fn's outputs depend on: the uncompacted program drops the others, and XLA fuses (and
+            # rounds) a live column's reductions differently when a sibling column is dead (e.g. grad_norm without
+            # group_grad_norms recomputes the gradient's reduction in another order).
+            kept = rows if self.mode[2] is None else {k: v for k, v in rows.items() if k in self.mode[2]}
+            self.outputs = {"state": new._replace(key=jax.random.key_data(new.key)), "rows": kept}
+            # fn's outputs are discarded in a segment (XLA drops their computation); full-length placeholders keep
+            # fn's shape logic (reshapes of the trace, slices) valid
+            placeholder = jax.tree.map(lambda r: jnp.zeros((total_rows, *r.shape[1:]), r.dtype), rows)
+            return new, placeholder
+        final = _wrap_key(given_state, impl)
+        layout = jax.eval_shape(run_chunk, state, data, total_rows)[1]
+        given_rows = {k: given_rows[k] if k in given_rows else jnp.zeros(v.shape, v.dtype) for k, v in layout.items()}
+        if not self.mode[1] or period is None:  # shuffled: no cell was dropped
+            return final, given_rows
+        return _frozen_tail(run_chunk.per_step(), final, given_rows, data, first_step=state.step, steps=steps,
+                            log_every=log_every, period=period, schedule=schedule, every=every)
+
+
+_LANE: contextvars.ContextVar[Lane | None] = contextvars.ContextVar("optlab_lane", default=None)
+
+
+@contextlib.contextmanager
+def lane(mode: tuple, inputs: Any = (None, None)):
+    """Scope in which the (single) ``fit`` call of a grid cell runs as a :class:`Lane`; used by run_grid."""
+    slot = Lane(mode, inputs)
+    token = _LANE.set(slot)
+    try:
+        yield slot
+    finally:
+        _LANE.reset(token)
+
+
+def take_lane() -> Lane | None:
+    """The lane of the cell being traced (None outside ``run_grid(compact_every=...)``); one ``fit`` per cell."""
+    slot = _LANE.get()
+    if slot is None:
+        return None
+    if slot.taken:
+        raise ValueError("run_grid(compact_every=...) runs one fit per cell in segments, but the cell function called "
+                         "fit twice; run the grid without compact_every")
+    slot.taken = True
+    return slot
+
+
+def _period(data: Any, batch_size: int | None, shuffle: bool) -> int | None:
+    """Steps after which a frozen cell's rows repeat: 1 for full batch, per_epoch in fixed order, None shuffled."""
+    if data is None or batch_size is None:
+        return 1
+    if shuffle:
+        return None
+    return batching.n_examples(data) // batch_size
+
+
+def _wrap_key(state: TrainState, impl) -> TrainState:
+    return state._replace(key=jax.random.wrap_key_data(state.key, impl=impl))
+
+
+def _lr_column(schedule, steps: jax.Array) -> jax.Array:
+    # the expression of step.py's row entry "lr", evaluated per row step
+    def lr(t):
+        value = jnp.ones((), jnp.float32) if schedule is None else jnp.asarray(schedule(t))
+        return value.astype(jnp.promote_types(value.dtype, jnp.float32))
+
+    # lax.map, not vmap: one scalar evaluation per step as in the training loop (a vectorised cos / exp may round
+    # differently in the last bit)
+    return lax.map(lr, steps)
+
+
+def _frozen_tail(per_step, state: TrainState, rows: dict, data: Any, *, first_step, steps: int, log_every: int,
+                 period: int, schedule, every: int) -> tuple[TrainState, dict]:
+    """A dropped (frozen) cell's final state and full trace; a cell that ran to the end comes back unchanged.
+
+    ``state`` is the cell's state when it was dropped (``state.step = d``), ``rows`` its trace up to ``d`` (rows
+    after it are placeholders). Frozen, each step records the loss and norms at the frozen parameters on that step's
+    batch, which repeats with ``period``: the rows of steps ``d .. d + period - 1`` give every later row.
+    """
+    dropped_at = state.step
+    end = (first_step + steps).astype(dropped_at.dtype)
+    # Frozen: no update is applied, so only the step counter moves. At least two steps: XLA inlines a one-trip loop
+    # into the surrounding program, where the row's reductions fuse (and round) differently than in the training
+    # loop of the uncompacted grid.
+    _, step_rows, _ = per_step(state, data, max(period, 2))
+    row_steps = first_step + log_every * jnp.arange(steps // log_every, dtype=dropped_at.dtype)
+    offset = (row_steps - dropped_at) % period
+    tail = {name: values[offset] for name, values in step_rows.items()}
+    tail["lr"] = _lr_column(schedule, row_steps).astype(rows["lr"].dtype)
+    after = row_steps >= dropped_at
+    trace = {name: jnp.where(after.reshape(-1, *[1] * (v.ndim - 1)), tail[name], v) for name, v in rows.items()}
+    block = state.stop_block
+    if block is not None:
+        # Block early stopping keeps summing the frozen losses of the current block (reset at each block end): the
+        # final sum covers the steps of the last, partial block, added in step order as the step does.
+        last_start = (end // every) * every
+
+        def add(i, total):
+            t = last_start + i
+            active = (t >= dropped_at) & (t < end)
+            return jnp.where(active, total + step_rows["loss"][(t - dropped_at) % period], total)
+
+        total = jnp.where(dropped_at >= last_start, block.loss_sum, jnp.zeros_like(block.loss_sum))
+        block = block._replace(loss_sum=lax.fori_loop(0, every, add, total))
+    final = state._replace(step=end, stop_block=block)
+    return jax.tree.map(lambda a, b: jnp.where(dropped_at < end, a, b), final, state), trace
+
+
+# fn -> {(static values, axis names): the layout its fit recorded in a probe}. Tracing fn for the probe costs ~0.3 s
+# even on a tiny problem, so it is kept as long as jit keeps the program; weak keys let a grid's fn be collected.
+_PROBES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def probe_layout(fn: Callable, key: Any, trace: Callable[[dict], None]) -> dict:
+    """The static layout of the ``fit`` in ``fn`` (``steps``, ``log_every``, ``total_rows``, ``period``), probed once.
+
+    Args:
+      fn: the grid's cell function (the cache holds it weakly).
+      key: what else selects the program (static values, axis names), hashable; None: do not cache.
+      trace: ``trace(layout)`` traces ``fn`` with a ``("probe", layout)`` lane, which fills ``layout``.
+
+    Returns:
+      The layout dict.
+    """
+    try:
+        per_fn = _PROBES.setdefault(fn, {}) if key is not None else {}
+    except TypeError:  # fn cannot be weakly referenced (a builtin, an object with __slots__): probe every time
+        per_fn = {}
+    layout = per_fn.setdefault(key, {})
+    if not layout:
+        trace(layout)
+    return layout
+
+
+def used_columns(finish: Callable, state: Any, rows: dict) -> tuple[str, ...] | None:
+    """The trace columns that a finish program's outputs depend on (dead-code elimination of its jaxpr).
+
+    Args:
+      finish: ``finish(state, rows) -> outputs``, the cell function in ``("finish", True)`` mode.
+      state, rows: shape structs of one cell's lane inputs (the rows at full length).
+
+    Returns:
+      The sorted names of the used columns, or None (keep all) where JAX's DCE is unavailable.
+    """
+    try:
+        from jax._src.interpreters import partial_eval as pe  # no public DCE; without it every column is kept
+    except ImportError:
+        return None
+    closed = jax.make_jaxpr(finish)(state, rows)
+    _, used = pe.dce_jaxpr(closed.jaxpr, [True] * len(closed.jaxpr.outvars))
+    n_state = len(jax.tree.leaves(state))
+    flags = dict(zip(rows, [False] * len(rows)))
+    for (path, _), flag in zip(jax.tree_util.tree_flatten_with_path(rows)[0], used[n_state:]):
+        flags[path[0].key] |= flag
+    return tuple(sorted(k for k, flag in flags.items() if flag))
+
+
+def bucket_width(live: int, chunk: int, n_devices: int) -> int:
+    """Width of the program that carries ``live`` cells: the next power of two, at least 2, at most ``chunk``, a
+    multiple of ``n_devices`` (so a grid compiles one program per bucket, not one per live count).
+
+    Never 1 below a wider chunk: XLA simplifies the size-1 batch dimension of a width-1 program away, and its dots
+    then round differently from the same cell's in a wider program."""
+    width = min(max(1 << max(live - 1, 0).bit_length(), 2), chunk)
+    return math.ceil(width / n_devices) * n_devices
+
+
+def _take(tree: Any, positions: np.ndarray) -> Any:
+    return jax.tree.map(lambda a: a[positions], tree)
+
+
+def run_lanes(program: Callable, probe: dict, n_cells: int, *, compact_every: int, chunk: int, n_devices: int,
+              to_host: Callable, interrupted: Callable[[], bool]) -> tuple[dict | None, dict]:
+    """Runs one static group's cells in segments of ``compact_every`` steps, dropping early-stopped cells.
+
+    Args:
+      program: ``program(mode, positions, lane_inputs) -> device outputs`` for the cells at ``positions`` of the
+        group (padded to a bucket width by the caller of this function: here).
+      probe: the layout the probe recorded (``total_rows``, ``log_every``, ``steps``, ``period``).
+      n_cells: cells in the group.
+      compact_every: steps per segment, a multiple of fit's ``log_every``.
+      chunk: the widest program.
+      n_devices: widths are multiples of it.
+      to_host: device array -> NumPy array.
+      interrupted: checked between segments; True stops the group (its cells are not returned).
+
+    Returns:
+      ``(outputs, stats)``: host outputs with leading axis ``n_cells`` (None when interrupted) and counters
+      (``segments``, ``lane_segments`` = cell-segments run, ``dropped``, ``widths``).
+    """
+    log_every, total_rows, steps, period = (probe[k] for k in ("log_every", "total_rows", "steps", "period"))
+    columns = probe.get("columns")
+    if compact_every % log_every:
+        raise ValueError(f"compact_every={compact_every} must be a multiple of fit's log_every={log_every} (a "
+                         "segment ends on a trace row)")
+    droppable = period is not None and period <= max(1, _MAX_PERIOD_SHARE * steps)
+    seg_rows = compact_every // log_every
+    states = jax.tree.map(lambda s: np.zeros((n_cells, *s.shape[1:]), s.dtype), probe["lane_shapes"][0])
+    states.step[:] = -1  # not started (see Lane.run)
+    rows = None
+    live, done = np.arange(n_cells), 0
+    stats = {"segments": 0, "lane_segments": 0, "dropped": 0, "widths": set()}
+
+    def padded_parts(positions):
+        for first in range(0, len(positions), chunk):
+            part = positions[first:first + chunk]
+            width = bucket_width(len(part), chunk, n_devices)
+            stats["widths"].add(width)
+            yield part, np.concatenate([part, np.repeat(part[-1:], width - len(part))])
+
+    while done < total_rows and live.size:
+        n = min(seg_rows, total_rows - done)
+        for part, padded in padded_parts(live):
+            out = jax.tree.map(to_host, program(("run", n, columns), padded, (_take(states, padded), None)))
+            if rows is None:
+                rows = jax.tree.map(lambda a: np.zeros((n_cells, total_rows, *a.shape[2:]), a.dtype), out["rows"])
+            k = len(part)
+            jax.tree.map(lambda dst, src: dst.__setitem__(part, src[:k]), states, out["state"])
+            jax.tree.map(lambda dst, src: dst.__setitem__((part, slice(done, done + n)), src[:k]), rows, out["rows"])
+            stats["lane_segments"] += len(padded)
+        done += n
+        stats["segments"] += 1
+        if interrupted():
+            return None, stats
+        if droppable and done < total_rows:
+            live = live[states.stopped_at[live] < 0]
+    stats["dropped"] = int(n_cells - live.size)
+    outputs = []
+    for part, padded in padded_parts(np.arange(n_cells)):
+        result = program(("finish", stats["dropped"] > 0), padded, (_take(states, padded), _take(rows, padded)))
+        outputs.append({k: to_host(v)[: len(part)] for k, v in result.items()})
+    stats["widths"] = sorted(stats["widths"])
+    return {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]}, stats
+
+
+__all__ = ["bucket_width"]
