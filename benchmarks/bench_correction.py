@@ -75,11 +75,15 @@ def numpy_residual_steps(x, w_dense, w_pruned, magnitude, steps):
     return positions
 
 
-def numpy_gram_steps(gram, cross, w_pruned, magnitude, steps):
-    """The scan's algorithm in NumPy: scores from G, then G += H[:, j] Δ_jᵀ."""
-    kept, scale = w_pruned != 0, np.abs(w_pruned)
+def numpy_gram_steps(gram, cross, w_pruned, magnitude, steps, mask=None):
+    """The scan's algorithm in NumPy: scores from G, then G += H[:, j] Δ_jᵀ; ``(positions, corrected weights)``.
+
+    ``mask`` (default: the nonzeros of ``w_pruned``) is where corrections may land.
+    """
+    scale = np.abs(w_pruned)
+    kept = w_pruned != 0 if mask is None else mask
     h = np.diagonal(gram).copy()
-    g = cross.copy()
+    g, w = cross.copy(), w_pruned.copy()
     used = np.zeros(gram.shape[0], bool)
     positions = []
     for _ in range(steps):
@@ -88,26 +92,15 @@ def numpy_gram_steps(gram, cross, w_pruned, magnitude, steps):
             break
         j, row = choice
         g += np.outer(gram[:, j], row)
+        w[j] += row
         used[j] = True
         positions.append(j)
-    return positions
+    return positions, w
 
 
 def numpy_greedy_weights(gram, cross, w_pruned, mask, magnitude, steps):
     """Greedy fixed correction in NumPy on the Gram form, returning the corrected weights."""
-    scale = np.abs(w_pruned)
-    h = np.diagonal(gram).copy()
-    g, w = cross.copy(), w_pruned.copy()
-    used = np.zeros(gram.shape[0], bool)
-    for _ in range(steps):
-        choice = _numpy_choice(g, h, mask, scale, magnitude, used)
-        if choice is None:
-            break
-        j, row = choice
-        g += np.outer(gram[:, j], row)
-        w[j] += row
-        used[j] = True
-    return w
+    return numpy_gram_steps(gram, cross, w_pruned, magnitude, steps, mask=mask)[1]
 
 
 def numpy_network(model, x, sparsity, magnitude, fraction):
@@ -204,7 +197,7 @@ def main(argv=None) -> None:
     s = args.numpy_steps
     residual_step = best_time(lambda: numpy_residual_steps(x, w_np, wp_np, args.magnitude, s), 1) / s
     gram_step = best_time(lambda: numpy_gram_steps(gram_np, cross_np, wp_np, args.magnitude, s), 2) / s
-    same = numpy_gram_steps(gram_np, cross_np, wp_np, args.magnitude, s) == [int(p) for p in
+    same = numpy_gram_steps(gram_np, cross_np, wp_np, args.magnitude, s)[0] == [int(p) for p in
                                                                              result.trace.position[:s]]
 
     # Copy bandwidth: one read and one write of a d×d float32 array, measured again after the scan is re-timed

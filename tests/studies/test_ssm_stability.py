@@ -115,3 +115,15 @@ def test_cli_run_with_a_shipped_config_writes_its_files(tmp_path):
     assert "untestable as stated" in report and "Shapley" in report
     grids = {row["grid"] for row in json.loads((out / "results.json").read_text())["rows"]}
     assert grids == {"factorial", "solvers", "lr_grid", "schedulers", "solve_sweep"}
+
+
+def test_monotone_after_warmup_counts_rises_only_after_the_warmup():
+    from optlab.studies.ssm_stability_claims import monotone_after
+
+    steps = np.array([0, 10, 20, 30])
+    traces = np.array([[1.0, 3.0, 2.0, 1.0],     # rises only inside the warm-up: monotone after step 10
+                       [3.0, 2.0, 2.5, 1.0],     # one rise of 2 intervals after step 10
+                       [3.0, 2.0, np.nan, 1.0]])  # a NaN breaks monotone
+    assert monotone_after(traces, steps, 10) == (1, 3, 0.5, 2)
+    assert monotone_after(traces, steps, 0)[0] == 0  # counted from step 0, the first seed rises too
+    assert monotone_after(traces, steps, 40)[3] == 0  # no row after the warm-up: nothing to test
