@@ -127,3 +127,20 @@ def test_monotone_after_warmup_counts_rises_only_after_the_warmup():
     assert monotone_after(traces, steps, 10) == (1, 3, 0.5, 2)
     assert monotone_after(traces, steps, 0)[0] == 0  # counted from step 0, the first seed rises too
     assert monotone_after(traces, steps, 40)[3] == 0  # no row after the warm-up: nothing to test
+
+
+@pytest.mark.parametrize("losses, verdict", [
+    # (complex row, real-twin row) of final losses over lr 1e-3, 1e-2, 1e-1
+    (([2.0, 1.0, 3.0], [3.0, 1.0, 2.0]), "refuted"),       # both optima inside the grid: ratio 1, measured
+    (([2.0, 3.0, 1.0], [3.0, 2.0, 1.0]), "inconclusive"),  # both at the last lr: a bound, not an optimum
+])
+def test_lr_ratio_needs_both_optima_inside_the_grid(losses, verdict):
+    from optlab.engine.grid_result import GridResult
+    from optlab.studies.ssm_stability_claims import _lr
+
+    index = np.array([[m, j, 0] for m in range(2) for j in range(3)])
+    grid = GridResult({"model": ["complex", "real twin"], "learning_rate": [1e-3, 1e-2, 1e-1], "seed": [0]}, index,
+                      {"final_loss": np.asarray(losses, float).ravel()})
+    claim = _lr(None, grid).claims[0]
+    assert claim.verdict == verdict
+    assert ("grid's edge" in claim.measured) == (verdict == "inconclusive")
