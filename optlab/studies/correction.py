@@ -79,7 +79,7 @@ class CorrectionConfig(Settings):
                                                     doc="unstructured sparsities of the network table")
     network_patterns: tuple[str, ...] = setting(("2:4",), choices=("2:4", "4:8"), min_len=0,
                                                 doc="N:M patterns of the network table")
-    network_magnitudes: tuple[float, ...] = setting((0.005, 0.01, 0.02, 0.05, 0.1, 0.2), range=(0, None),
+    network_magnitudes: tuple[float, ...] = setting((0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5), range=(0, None),
                                                     bounds="(]", doc="greedy fixed grid on the network: magnitudes")
     network_fractions: tuple[float, ...] = setting((0.1, 0.25, 0.5, 1.0), range=(0, 1), bounds="(]",
                                                    doc="greedy fixed grid on the network: fractions")
@@ -381,6 +381,9 @@ def run(config: CorrectionConfig, *, progress: bool = True, run_dir: Path | None
                   **{k: float(v[seed]) for k, v in out.items()}} for seed in range(config.seeds)]
     if config.network and not interrupt_requested():
         found = correction_network.measure(config)
+        if found.get("interrupted") or interrupt_requested():  # Ctrl-C inside the network section: no table
+            return StudyResult("correction", title, dataclasses.asdict(config), sections, rows=rows, complete=False,
+                               cells_done=cells_total, cells_total=cells_total)
         sections.append(correction_network.section(config, found))
         rows += correction_network.rows(found)
     return StudyResult("correction", title, dataclasses.asdict(config), sections, rows=rows, cells_done=cells_total,

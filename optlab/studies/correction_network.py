@@ -22,6 +22,7 @@ import numpy as np
 
 from optlab import plot
 from optlab.correction import network as nw
+from optlab.engine.interrupt import interrupt_requested
 from optlab.problems import digits
 from optlab.studies import summary as sm
 from optlab.studies.base import Claim, Section, Table
@@ -115,6 +116,9 @@ def measure(config) -> dict[str, Any]:
     for mode in config.network_calibration:
         per_column = {}
         for sparsity in columns:
+            if interrupt_requested():  # Ctrl-C: start no new program; the caller reports the run as incomplete
+                found["interrupted"] = True
+                return found
             choice = select_fixed_cell(model, samples, splits.calib, sparsity=sparsity, calibration=mode,
                                        magnitudes=config.network_magnitudes, fractions=config.network_fractions,
                                        max_relative=config.max_relative)

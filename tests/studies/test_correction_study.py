@@ -175,3 +175,22 @@ def test_network_config_rules():
         dataclasses.replace(CorrectionConfig.quick(), network_calib_rows=600).validate()
     with pytest.raises(ValueError, match="network_patterns"):
         dataclasses.replace(CorrectionConfig.quick(), network_patterns=("3:4",)).validate()
+
+
+def test_ctrl_c_inside_the_network_section_starts_no_new_program(tmp_path, monkeypatch):
+    from optlab.engine import interrupt
+    from optlab.studies import correction_network
+
+    real, calls = correction_network.select_fixed_cell, []
+
+    def select_then_ctrl_c(*args, **kwargs):  # Ctrl-C lands while the first column's grid runs
+        calls.append(kwargs["sparsity"])
+        interrupt.mark_interrupted()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(correction_network, "select_fixed_cell", select_then_ctrl_c)
+    config = dataclasses.replace(_tiny_network(tmp_path), network_sparsities=(0.5, 0.6))
+    with interrupt.interrupt_scope():
+        found = correction_network.measure(config)
+    assert found["interrupted"] and len(calls) == 1  # the other columns never started
+    assert found["modes"] == {}  # a mode whose columns did not all run is not reported
