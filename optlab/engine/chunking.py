@@ -43,6 +43,8 @@ from typing import Any
 
 import jax
 
+from optlab.engine import fn_cache as _fn_cache
+
 # Below this many cells a group runs as one chunk without a cost analysis: at these widths no step outgrows a cache,
 # and small grids (tests, notebooks) pay no extra trace.
 SMALL_GRID = 64
@@ -118,13 +120,7 @@ def cached_width(fn: Callable, key: Any, choose: Callable[[], int]) -> int:
     Returns:
       The width.
     """
-    try:
-        per_fn = _WIDTHS.setdefault(fn, {}) if key is not None else {}
-    except TypeError:  # fn cannot be weakly referenced
-        per_fn = {}
-    if key not in per_fn:
-        per_fn[key] = choose()
-    return per_fn[key]
+    return _fn_cache.per_fn(_WIDTHS, fn, key, choose)
 
 
 def bytes_per_cell(lower: Callable[[int], Any], width: int) -> float | None:

@@ -62,6 +62,7 @@ from jax import lax
 
 from optlab.engine import batching
 from optlab.engine.checkpoint import TrainState
+from optlab.engine import fn_cache as _fn_cache
 
 # A frozen cell's tail is rebuilt from one period of its rows; beyond this share of the run's steps that costs
 # more than running it (e.g. one batch per example of a large data set): such cells stay in the program.
@@ -235,14 +236,12 @@ def probe_layout(fn: Callable, key: Any, trace: Callable[[dict], None]) -> dict:
     Returns:
       The layout dict.
     """
-    try:
-        per_fn = _PROBES.setdefault(fn, {}) if key is not None else {}
-    except TypeError:  # fn cannot be weakly referenced (a builtin, an object with __slots__): probe every time
-        per_fn = {}
-    layout = per_fn.setdefault(key, {})
-    if not layout:
+    def probe() -> dict:
+        layout: dict = {}
         trace(layout)
-    return layout
+        return layout
+
+    return _fn_cache.per_fn(_PROBES, fn, key, probe)
 
 
 def used_columns(finish: Callable, state: Any, rows: dict) -> tuple[str, ...] | None:

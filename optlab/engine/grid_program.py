@@ -86,8 +86,9 @@ def _cells(values, seeds, cells=None, lane_inputs=None, *, fn, fixed, names, sha
 
 # XLA:CPU hands some reductions (the mean of a loss over the data, a gradient's sum over examples) to YNNPACK
 # library fusions, and whether a reduce-window and the reduce after it form one fusion or two depends on the vmap
-# width: the same cell then sums in another order in a program of another width (a chunk of 256 cells differs in the
-# last bit from one of 1024; /tmp/notes/13.md has the HLO). Without those fusions every width >= 2 rounds alike, so
+# width: the same cell then sums in another order in a program of another width (a chunk of 256 cells differs in
+# the last bit from one of 1024: in the optimized HLO the width-1024 program runs both in one YNN fusion, the
+# width-256 one the final reduce as a separate loop fusion). Without those fusions every width >= 2 rounds alike, so
 # a compacted grid (narrower re-packed programs) and another chunk size give bit-identical cells; tiny grids also
 # run faster without them (benchmarks/bench_grid.py). The option is a no-op on other backends.
 _COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
