@@ -23,7 +23,6 @@ Example: ``result = run(SSMStabilityConfig.quick(), progress=False); result.clai
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,8 +35,8 @@ import numpy as np
 from optlab import ablation
 from optlab.engine import loop
 from optlab.engine.grid import run_grid
-from optlab.engine.grid_result import SEED_AXIS, GridResult
 from optlab.problems import cayley_ssm as cs
+from optlab.studies import grid_parts
 from optlab.studies.base import Study, StudyResult
 from optlab.studies.config import Settings, setting
 from optlab.studies.stages import interrupted_section, run_stages
@@ -247,38 +246,11 @@ def split_parts(grid, parts, sw, base) -> dict[str, Any]:
         return {"recipes": grid}
     out, first = {}, 0
     for name, axes, rs in parts:
-        out[name] = _part(grid, first, axes)
+        out[name] = grid_parts.part(grid, first, axes)
         first += len(rs)
     if sw:
         out["factorial"] = ablation.Ablation(out["factorial"], tuple(sw), base)
     return out
-
-
-def _part(grid, first: int, axes: dict[str, list]):
-    """Cells ``first ..`` of a grid over ``recipe`` (× seed), as a GridResult over ``axes`` × seed."""
-    shape = tuple(len(v) for v in axes.values())
-    recipe = grid.index[:, 0] - first
-    mask = (recipe >= 0) & (recipe < math.prod(shape))
-    index = np.column_stack([*np.unravel_index(recipe[mask], shape), grid.index[mask, 1]]).astype(grid.index.dtype)
-    return GridResult({**axes, SEED_AXIS: grid.axes[SEED_AXIS]}, index,
-                      {k: v[mask] for k, v in grid.outputs.items()}, info=grid.info)
-
-
-def _concat(grids: list, axis: str, order: list | None = None):
-    """Grids with the same axes joined along their first axis ``axis``, its values put in ``order`` (grid order)."""
-    values = [v for g in grids for v in g.axes[axis]]
-    offsets = np.cumsum([0] + [len(g.axes[axis]) for g in grids[:-1]])
-    index = np.concatenate([g.index + np.eye(1, g.index.shape[1], 0, dtype=g.index.dtype) * o
-                            for g, o in zip(grids, offsets)])
-    outputs = {k: np.concatenate([g.outputs[k] for g in grids]) for k in grids[0].outputs}
-    if order is not None:  # renumber the axis, then restore grid order (first axis slowest, seed fastest)
-        index[:, 0] = np.asarray([order.index(v) for v in values])[index[:, 0]]
-        values = list(order)
-        rows = np.lexsort(index.T[::-1])
-        index, outputs = index[rows], {k: v[rows] for k, v in outputs.items()}
-    axes = {axis: values, **{k: v for k, v in grids[0].axes.items() if k != axis}}
-    return GridResult(axes, index, outputs, complete=all(g.complete for g in grids),
-                      info={"programs": sum(g.info.get("programs", 0) for g in grids)})
 
 
 def solver_grid(config, progress, own=None):
@@ -302,14 +274,8 @@ def solver_grid(config, progress, own=None):
                         seeds=config.seeds, progress=progress, label="ssm solvers x unitary_lambda")
         if not grid.complete:
             return grid
-        grids.append(_relabel(grid, "solver_index", "solver", others))
-    return _concat(grids, "solver", list(config.solvers))
-
-
-def _relabel(grid, old: str, new: str, values: list):
-    """The grid with axis ``old`` (indices) renamed ``new`` and its values replaced by ``values`` (for select)."""
-    axes = {(new if k == old else k): (values if k == old else v) for k, v in grid.axes.items()}
-    return dataclasses.replace(grid, axes=axes)
+        grids.append(grid_parts.relabel(grid, "solver_index", "solver", others))
+    return grid_parts.concat(grids, "solver", list(config.solvers))
 
 
 def solve_sweep(config: SSMStabilityConfig, seeds: int | None = None) -> list[dict]:
@@ -363,13 +329,6 @@ def twin_grid(config, progress):
                     label="ssm lr grid (real twin)")
 
 
-def _with_axis(grid, name: str, value):
-    """The grid with a leading one-value axis ``name`` (to join it with others along that axis)."""
-    return GridResult({name: [value], **grid.axes}, np.column_stack([np.zeros(len(grid), grid.index.dtype),
-                                                                     grid.index]),
-                      grid.outputs, complete=grid.complete, info=grid.info)
-
-
 def run(config: SSMStabilityConfig, *, progress: bool = True, run_dir: Path | None = None) -> StudyResult:
     """Run lab note 003's study; an interrupted grid stops it with ``complete=False`` and no claims.
 
@@ -395,8 +354,8 @@ def run(config: SSMStabilityConfig, *, progress: bool = True, run_dir: Path | No
         return StudyResult("ssm-stability", title, dataclasses.asdict(config), [interrupted_section(run)],
                            rows=run.rows, complete=False, cells_done=run.done, cells_total=total,
                            seconds=time.perf_counter() - start)
-    lr = _concat([_with_axis(parts["lr_complex"], "model", "complex"),
-                  _with_axis(run.results["twin"], "model", "real twin")], "model")
+    lr = grid_parts.concat([grid_parts.with_axis(parts["lr_complex"], "model", "complex"),
+                            grid_parts.with_axis(run.results["twin"], "model", "real twin")], "model")
     results = {"factorial": parts["factorial"], "solvers": run.results["solvers"], "lr_grid": lr,
                "schedulers": parts["schedulers"]}
     # the flat table per experiment (the recipes program's cells appear once, under the experiment they serve)

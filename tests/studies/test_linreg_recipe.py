@@ -12,6 +12,7 @@ from optlab import ablation
 from optlab.cli import main
 from optlab.problems import linreg_recipe as lp
 from optlab.studies import get
+from optlab.studies import linreg_precision as lpr
 from optlab.studies import linreg_recipe as lr
 
 TINY = lr.LinregRecipeConfig(n=64, batch_size=16, seeds=2, lr=(1e-2, 3e-2), epochs=(2, 4), warmup=(1, 2),
@@ -128,13 +129,13 @@ def test_mixed_precision_keeps_float32_master_weights_and_moments():
 
 def test_precision_arms_log_the_freeze_evidence():
     config = dataclasses.replace(TINY, precision_arms=("float16+scale", "float64"), precision_seeds=1)
-    grids = lr.precision_grid(config, progress=False)
+    grids = lpr.precision_grid(config, progress=False)
     assert list(grids) == ["float16+scale", "float64"]
     assert not jax.config.jax_enable_x64  # the float64 arm's x64 scope is closed again
     steps = TINY.epochs[0] * TINY.per_epoch
     for arm, grid in grids.items():
         out = grid.outputs
-        for name in lr.PRECISION_TRACES:
+        for name in lpr.PRECISION_TRACES:
             assert out[f"trace/{name}"].shape == (1, steps), (arm, name)
         # every step where W did not move is explained: skipped, or applied and rounded away
         np.testing.assert_array_equal(out["frozen_skipped"] + out["frozen_rounded"], out["w_frozen_steps"])
@@ -142,8 +143,8 @@ def test_precision_arms_log_the_freeze_evidence():
     assert np.isnan(grids["float64"].outputs["min_loss_scale"]).all()  # no scaler, no scale
     assert grids["float16+scale"].outputs["trace/loss_scale"][0, 0] == 2.0**16
     assert np.isfinite(grids["float64"].outputs["w"]).all()
-    rows = lr.precision_steps(grids)
-    assert len(rows) == 2 * steps and set(rows[0]) == {"arm", "seed", "step", *lr.PRECISION_TRACES}
+    rows = lpr.precision_steps(grids)
+    assert len(rows) == 2 * steps and set(rows[0]) == {"arm", "seed", "step", *lpr.PRECISION_TRACES}
 
 
 def test_frozen_verdict_names_the_mechanism():

@@ -9,7 +9,7 @@ import pytest
 from optlab.cli import main
 from optlab.engine.grid_result import GridResult
 from optlab.studies import config as cfg
-from optlab.studies import get
+from optlab.studies import get, grid_parts
 from optlab.studies import ssm_stability as st
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "ssm"
@@ -88,7 +88,7 @@ def test_one_recipe_program_splits_back_into_the_experiments():
     # joined with another solver's grid along "solver", in the config's order
     other = GridResult({"solver": ["cg"], **{k: v for k, v in own.axes.items() if k != "solver"}}, own.index,
                        {k: v + 100.0 for k, v in own.outputs.items()})
-    both = st._concat([other, own], "solver", [config.solver, "cg"])
+    both = grid_parts.concat([other, own], "solver", [config.solver, "cg"])
     assert both.axes["solver"] == [config.solver, "cg"] and len(both) == 2 * len(own)
     np.testing.assert_array_equal(both.select(solver="cg").outputs["seed_out"], own.outputs["seed_out"] + 100.0)
     np.testing.assert_array_equal(both.select(solver=config.solver).outputs["seed_out"], own.outputs["seed_out"])
