@@ -35,7 +35,8 @@ from optlab.engine.grid import run_grid
 from optlab.engine.interrupt import GridInterrupted
 from optlab.engine.loop import fit
 from optlab.optimizers.newton_root import newton_root
-from optlab.optimizers.preconditioned import newton_root_adam, newton_root_hutchinson
+from optlab.optimizers.hutchinson import newton_root_hutchinson
+from optlab.optimizers.preconditioned import newton_root_adam
 from optlab.problems import linear_regression, quadratic_1d, quadratic_2d, square_mlp
 from optlab.studies import newton_root_claims as nc
 from optlab.studies import newton_root_figures as nf
