@@ -23,7 +23,8 @@ Two regimes, Adam, a grid of learning rates × seeds:
 
 Every timing is taken after compilation ("warm-up s" is the first call: compile + one chunk); with ``--repeat R``
 each grid and each pass of baseline (a) is timed R times and the fastest is reported (the machine may be shared:
-fit and bare are timed alternately, so both see the same load).
+fit and bare are timed alternately, so both see the same load); "fit/bare" and the compute-bound share of the peak
+use medians (fit/bare: the median over rounds of the round's fit / bare ratio).
 Baselines that take long are timed on a few configs and extrapolated per config (the output says so); they run one
 config at a time, so their time is linear in the number of configs.
 """
@@ -41,6 +42,8 @@ import optax
 
 import optlab
 from optlab.engine import EarlyStop
+
+from bench_compaction import bench_compaction  # the compaction rows live in benchmarks/bench_compaction.py
 
 
 def regression_data(n: int = 1000):
@@ -142,7 +145,7 @@ def grid_axes(n_configs: int, n_seeds: int = 16):
 
 
 def time_grids(cells, n_configs, chunk_size=None, repeats=1):
-    """Per cell: (seconds of the fastest warm ``run_grid`` call, seconds of the warm-up call, last GridResult).
+    """Per cell: (fastest warm ``run_grid`` seconds, warm-up seconds, last GridResult, median warm seconds, all).
 
     The warm-up runs a grid of one chunk (compile + run): run_grid reuses its compiled program for every chunk of
     the same size. The cells are timed alternately, ``repeats`` rounds, so they share the machine's load.
@@ -150,7 +153,7 @@ def time_grids(cells, n_configs, chunk_size=None, repeats=1):
     warm_n = n_configs if chunk_size is None else min(n_configs, chunk_size)
     warm_axes, warm_seeds = grid_axes(warm_n)
     axes, seeds = grid_axes(n_configs)
-    first, best, results = [], [float("inf")] * len(cells), [None] * len(cells)
+    first, times, results = [], [[] for _ in cells], [None] * len(cells)
     for cell in cells:
         start = time.perf_counter()
         optlab.run_grid(cell, warm_axes, seeds=warm_seeds, chunk_size=chunk_size, progress=False)
@@ -159,8 +162,13 @@ def time_grids(cells, n_configs, chunk_size=None, repeats=1):
         for i, cell in enumerate(cells):
             start = time.perf_counter()
             results[i] = optlab.run_grid(cell, axes, seeds=seeds, chunk_size=chunk_size, progress=False)
-            best[i] = min(best[i], time.perf_counter() - start)
-    return list(zip(best, first, results))
+            times[i].append(time.perf_counter() - start)
+    return [(min(t), f, r, float(np.median(t)), t) for t, f, r in zip(times, first, results)]
+
+
+def median_ratio(times, reference):
+    """Median over rounds of ``times[i] / reference[i]``: each round times both back to back, so load drift cancels."""
+    return float(np.median(np.asarray(times) / np.asarray(reference)))
 
 
 def time_loop_per_config(cell, n_measured, repeats=1):
@@ -243,15 +251,21 @@ def bench_tiny(name, widths, data, steps, batch_size, shuffle, sizes, n_loop, n_
     print(f"{'configs':>8} {'grid s':>9} {'warm-up s':>10} {'configs/s':>11} {'(a) s':>9} {'x vs (a)':>9} "
           f"{'bare s':>9} {'bare x (a)':>11} {'fit/bare':>9} {'x vs (b)':>10}  finite")  # fmt: skip
     for n in sizes:
-        (seconds, first, result), (bare_s, _, _) = time_grids([cell, bare], n, repeats=repeats)
+        (seconds, first, result, _, fit_t), (bare_s, _, _, _, bare_t) = time_grids([cell, bare], n, repeats=repeats)
         vs_torch = f"{torch_s * n / seconds:10.0f}" if torch_s is not None else f"{'-':>10}"
         finite = int(np.isfinite(result.outputs["final_loss"]).sum())
         print(f"{n:8d} {seconds:9.3f} {first:10.2f} {n / seconds:11.1f} {loop_s * n:9.2f} "
-              f"{loop_s * n / seconds:9.1f} {bare_s:9.3f} {loop_s * n / bare_s:11.1f} {seconds / bare_s:9.2f} "
+              f"{loop_s * n / seconds:9.1f} {bare_s:9.3f} {loop_s * n / bare_s:11.1f} "
+              f"{median_ratio(fit_t, bare_t):9.2f} "
               f"{vs_torch}  {finite}/{n}")  # fmt: skip
 
 
 def bench_compute(sizes, steps, n_loop, peak, repeats, with_bare, chunk_size=64):
+    """The compute-bound MLP grid's matmul FLOP/s as a share of the matmul peak measured in the same run.
+
+    The peak is measured again after each grid size and the larger one is used (a busy machine lowers a short
+    peak measurement more than a long grid, which would flatter the share); shares use the median grid time.
+    """
     widths, n_examples = (1, 64, 64, 1), 256
     data = sine_data(n_examples)
     cell = make_cell(widths, data, steps, None)
@@ -261,70 +275,20 @@ def bench_compute(sizes, steps, n_loop, peak, repeats, with_bare, chunk_size=64)
     print(f"\n## compute-bound: 1->64->64->1 MLP, {n_examples} points full batch, {steps} steps, Adam, "
           f"chunks of {chunk_size} configs")  # fmt: skip
     print(f"matmul FLOPs per config (fwd+bwd ~ 3x fwd): {flops / 1e9:.2f} GFLOP; "
-          f"peak (jitted 2048x2048 f32 matmul): {peak / 1e9:.1f} GFLOP/s")  # fmt: skip
+          f"peak (jitted 2048x2048 f32 matmul) before the grids: {peak / 1e9:.1f} GFLOP/s")  # fmt: skip
     print(f"(a) jitted single-config fit in a Python loop: {loop_s * 1e3:.1f} ms/config (measured on {n_loop}), "
           f"{flops / loop_s / 1e9:.2f} GFLOP/s = {flops / loop_s / peak:.1%} of peak")  # fmt: skip
-    print(f"{'configs':>8} {'grid s':>9} {'warm-up s':>10} {'configs/s':>11} {'GFLOP/s':>9} {'of peak':>8} "
-          f"{'x vs (a)':>9} {'bare s':>9} {'fit/bare':>9}")  # fmt: skip
+    print(f"{'configs':>8} {'grid s':>9} {'median s':>9} {'warm-up s':>10} {'GFLOP/s':>9} {'peak':>7} "
+          f"{'of peak':>8} {'x vs (a)':>9} {'bare s':>9} {'fit/bare':>9}")  # fmt: skip
     for n in sizes:
         timings = time_grids(cells, n, chunk_size, repeats=repeats)
-        seconds, first, _ = timings[0]
-        achieved = flops * n / seconds
-        bare = f"{timings[1][0]:9.3f} {seconds / timings[1][0]:9.2f}" if with_bare else f"{'-':>9} {'-':>9}"
-        print(f"{n:8d} {seconds:9.3f} {first:10.2f} {n / seconds:11.1f} {achieved / 1e9:9.2f} {achieved / peak:8.1%} "
-              f"{loop_s * n / seconds:9.1f} {bare}")  # fmt: skip
-
-
-def make_stopping_cell(data, steps, stop_share):
-    """Linear regression, full batch, Adam: a cell whose seed falls in the first ``stop_share`` stops early.
-
-    Cells with a small patience (``steps // 50``) and a min_delta no Adam step can beat stop within the first
-    ~10 % of the steps; the others run to the end (patience above ``steps``).
-    """
-
-    def cell(hparams, key):
-        init_key, _ = jax.random.split(key)
-        stops = jax.random.uniform(jax.random.fold_in(key, 1)) < stop_share
-        result = optlab.fit(
-            mse,
-            mlp_init(init_key, (1, 1)),
-            optax.adam(hparams["lr"]),
-            steps=steps,
-            data=data,
-            early_stop=EarlyStop(patience=jnp.where(stops, steps // 50, steps + 1), min_delta=jnp.where(stops, 1e9, 0.0)),
-        )
-        return {"final_loss": result.trace["loss"][-1], "stopped_at": result.stopped_at, "trace": result.trace}
-
-    return cell
-
-
-def bench_compaction(n_configs, steps, repeats, compact_every):
-    """Wall time of one grid with and without ``compact_every``: 75 % of cells stopping early, and none stopping."""
-    data = regression_data(256)
-    print(f"\n## lane compaction: linear regression, 256 points full batch, {steps} steps, Adam, {n_configs} "
-          f"configs, compact_every={compact_every}")  # fmt: skip
-    print(f"{'grid':>28} {'plain s':>9} {'compact s':>10} {'speed-up':>9} {'stopped':>8} {'dropped':>8} "
-          f"{'segments':>9} {'widths':>18} identical")  # fmt: skip
-    axes, seeds = grid_axes(n_configs)
-    for name, share in (("75 % stop in first 10 %", 0.75), ("none stop", 0.0)):
-        cell = make_stopping_cell(data, steps, share)
-        best = {"plain": float("inf"), "compact": float("inf")}
-        results = {}
-        # the whole grid as one program (chunk_size=None), so re-packing narrows it; "auto" would run chunks of 256
-        kinds = (("plain", {}), ("compact", {"compact_every": compact_every}))
-        for kind, kw in kinds:  # warm-up: compile
-            optlab.run_grid(cell, axes, seeds=seeds, progress=False, chunk_size=None, **kw)
-        for _ in range(repeats):  # alternately, so both see the same load
-            for kind, kw in kinds:
-                start = time.perf_counter()
-                results[kind] = optlab.run_grid(cell, axes, seeds=seeds, progress=False, chunk_size=None, **kw)
-                best[kind] = min(best[kind], time.perf_counter() - start)
-        plain, compact = results["plain"], results["compact"]
-        same = all(np.array_equal(plain.outputs[k], compact.outputs[k], equal_nan=True) for k in plain.outputs)
-        stats = compact.info["compaction"][0]
-        stopped = int(np.sum(plain.outputs["stopped_at"] < steps))
-        print(f"{name:>28} {best['plain']:9.3f} {best['compact']:10.3f} {best['plain'] / best['compact']:9.2f} "
-              f"{stopped:8d} {stats['dropped']:8d} {stats['segments']:9d} {str(stats['widths']):>18} {same}")  # fmt: skip
+        seconds, first, _, median, fit_t = timings[0]
+        peak = max(peak, matmul_peak())
+        achieved = flops * n / median
+        bare = (f"{timings[1][3]:9.3f} {median_ratio(fit_t, timings[1][4]):9.2f}" if with_bare
+                else f"{'-':>9} {'-':>9}")  # fmt: skip
+        print(f"{n:8d} {seconds:9.3f} {median:9.3f} {first:10.2f} {achieved / 1e9:9.2f} {peak / 1e9:7.1f} "
+              f"{achieved / peak:8.1%} {loop_s * n / median:9.1f} {bare}")  # fmt: skip
 
 
 SWEEP_WIDTHS = (1, 4, 16, 64, 256, 1024)
@@ -397,8 +361,10 @@ def main():
     parser.add_argument(
         "--compute-bare", action="store_true", help="compute-bound: also time the bare reference (slow)"
     )
-    parser.add_argument("--only", choices=("tiny", "compute", "compaction", "sweep"), default=None,
-                        help="run one regime only")
+    parser.add_argument("--only", default=None,
+                        help="comma-separated regimes to run: tiny, compute, compaction, sweep (default: all)")
+    parser.add_argument("--compute-steps", type=int, default=None,
+                        help="steps of the compute-bound regime (default 1000, quick 200; time is linear in steps)")
     parser.add_argument("--sweep-steps", default="300,30",
                         help="width sweep: steps of the tiny and the compute-bound regimes (per-config time is "
                              "linear in steps)")
@@ -406,8 +372,14 @@ def main():
     args = parser.parse_args()
     if args.repeat < 1:
         parser.error(f"--repeat must be >= 1, got {args.repeat}")
+    only = None if args.only is None else set(args.only.split(","))
+    if only is not None and not only <= {"tiny", "compute", "compaction", "sweep"}:
+        parser.error(f"--only: regimes must be among tiny, compute, compaction, sweep, got {args.only!r}")
+    if args.compute_steps is not None and args.compute_steps < 1:
+        parser.error(f"--compute-steps must be >= 1, got {args.compute_steps}")
     sizes = [int(n) for n in args.sizes.split(",")] if args.sizes else [16, 64] if args.quick else [16, 256, 1024]
     tiny_steps, compute_steps = (500, 200) if args.quick else (3000, 1000)
+    compute_steps = args.compute_steps or compute_steps
     print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} x{jax.device_count()}; "
           f"grid = learning rates x seeds (16 seeds, or fewer for small grids); timings after compilation; "
           f"load average {os.getloadavg()[0]:.1f} (other processes make timings noisy)")  # fmt: skip
@@ -415,14 +387,14 @@ def main():
         ("linear regression y = 2x + 1", (1, 1), regression_data()),
         ("1->8->8->1 MLP", (1, 8, 8, 1), sine_data(1000)),
     ]:
-        if args.only in (None, "tiny"):
+        if only is None or "tiny" in only:
             bench_tiny(name, widths, data, tiny_steps, 32, args.shuffle, sizes, 16, 2, args.repeat)
-    if args.only in (None, "compaction"):
+    if only is None or "compaction" in only:
         bench_compaction(sizes[-1], tiny_steps, args.repeat, tiny_steps // 20)
-    if args.only in (None, "sweep"):
+    if only is None or "sweep" in only:
         tiny_sweep, compute_sweep = (int(s) for s in args.sweep_steps.split(","))
         bench_sweep(sizes[-1], tiny_sweep, compute_sweep, args.repeat, args.plot)
-    if args.only in (None, "compute"):
+    if only is None or "compute" in only:
         bench_compute(sizes, compute_steps, 4, matmul_peak(), args.repeat, args.compute_bare)
 
 

@@ -5,6 +5,11 @@ one ``fit`` call of the cell takes the :class:`GridCell` and, at the end of ever
 ``io_callback`` that writes ``cell_dir(checkpoint_dir, cell) / checkpoint_{step:06d}.eqx`` on the host. Padding
 cells (index -1, added to fill a device mesh) write nothing.
 
+``run_grid(resume=True)`` continues each cell from its latest checkpoint: :func:`resume_plan` reads, on the host and
+before any work, where each cell stands (its :class:`ResumeGroup`: step, log_every, key impl, batching), cells at
+the same point form one program, :func:`load_cells` stacks their stored leaves as the program's batched input, and
+the cell's ``fit`` continues from them (:func:`resume_cell`, through :attr:`GridCell.resume`).
+
 Example:
   >>> cell_dir("ckpt", 3).as_posix()
   'ckpt/cell_000003'
@@ -17,7 +22,7 @@ import contextvars
 import functools
 import os
 import pathlib
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -25,6 +30,7 @@ from jax.experimental import io_callback
 
 from optlab.engine import checkpoint as ckpt
 from optlab.engine.checkpoint import TrainState
+from optlab.engine.state import _BATCHING
 
 class GridCell(NamedTuple):
     """Where one ``run_grid`` cell keeps its checkpoints; set by ``run_grid(checkpoint_every=...)`` while it traces."""
@@ -32,6 +38,27 @@ class GridCell(NamedTuple):
     every: int  # steps between checkpoints
     directory: pathlib.Path  # the grid's checkpoint_dir; the cell writes under cell_dir(directory, cell)
     cell: jax.Array  # () int32 (traced): the cell's index in the grid, -1 for padding cells (not written)
+    resume: CellResume | None = None  # run_grid(resume=True): where the cell's fit continues from; None: step 0
+
+
+class ResumeGroup(NamedTuple):
+    """Where a resumed cell's latest checkpoint stands: the static part of a resumed ``run_grid`` program.
+
+    Cells that share it run in one program (it is a jit static argument): its ``fit`` scans only the steps after
+    ``step``.
+    """
+
+    step: int  # the global step the checkpoint was written at (the cell continues from here)
+    log_every: int  # steps per trace row the checkpoint was written with
+    key_impl: str  # the PRNG implementation of the stored key
+    batching: tuple[int, int] | None  # the stored [batch_size (-1: full batch), shuffle] tag, None if absent
+
+
+class CellResume(NamedTuple):
+    """A resumed cell's checkpoint inside the program: its group (static) and its stored leaves (traced)."""
+
+    group: ResumeGroup
+    leaves: Any  # (state leaves, trace dict, optimizer-state leaves) of checkpoint_file.read_leaves, one cell's
 
 
 _GRID_CELL: contextvars.ContextVar[list | None] = contextvars.ContextVar("optlab_grid_cell", default=None)
@@ -91,8 +118,133 @@ def _save_in_program(cell: GridCell, state: TrainState, trace: dict, final: jax.
     io_callback(functools.partial(_write_cell, cell.directory, key_impl, log_every), None, payload, ordered=False)
 
 
+def resume_plan(directory: str | os.PathLike, n_cells: int) -> list[tuple[pathlib.Path, ResumeGroup] | None]:
+    """Where each of a grid's ``n_cells`` cells resumes: its latest intact checkpoint and group, or None (step 0).
+
+    Host side, before any work. Damaged newer checkpoints are skipped with a warning (as
+    :func:`~optlab.engine.checkpoint.latest_checkpoint` does), so a cell continues from its last good file.
+
+    Args:
+      directory: the grid's checkpoint_dir.
+      n_cells: the number of cells in the grid.
+
+    Returns:
+      Per cell: ``(checkpoint path, ResumeGroup)``, or None when the cell has no intact checkpoint.
+
+    Example:
+      >>> # [0 if p is None else p[1].step for p in resume_plan("ckpt", 6)]  ->  e.g. [0, 4, 0, 8, 4, 4]
+    """
+    plan: list[tuple[pathlib.Path, ResumeGroup] | None] = []
+    for cell in range(n_cells):
+        folder = cell_dir(directory, cell)
+        if not any(folder.glob("checkpoint_*.eqx")):
+            plan.append(None)
+            continue
+        try:
+            path = ckpt.latest_checkpoint(folder)
+        except ckpt.CheckpointError:  # only damaged files: the cell starts again from step 0
+            plan.append(None)
+            continue
+        leaves = ckpt.read_leaves(path)
+        tag = leaves.trace.get(_BATCHING)
+        meta = leaves.meta
+        plan.append((path, ResumeGroup(int(meta["step"]), int(meta["log_every"]), str(meta["key_impl"]),
+                                       None if tag is None else tuple(int(v) for v in tag))))
+    return plan
+
+
+def load_cells(paths: list[pathlib.Path]) -> tuple[list[np.ndarray], dict[str, np.ndarray], list[np.ndarray]]:
+    """The stored leaves of ``paths`` (one checkpoint per cell of a chunk), stacked along a leading cell axis.
+
+    Raises:
+      ValueError: the checkpoints have different layouts (they cannot be one program's input).
+
+    Example:
+      >>> # state, trace, opt_state = load_cells([path for path, _ in plan_of_a_chunk]); trace["loss"].shape
+    """
+    loaded = [ckpt.read_leaves(path) for path in paths]
+    layout = loaded[0].meta["layout"]
+    for path, leaves in zip(paths[1:], loaded[1:]):
+        if leaves.meta["layout"] != layout:
+            raise ValueError(f"run_grid(resume=True): checkpoint {path} has another layout than {paths[0]} although "
+                             "both cells resume at the same step; were they written by the same grid?")
+    stack = lambda parts: [np.stack(leaves) for leaves in zip(*parts)]  # noqa: E731
+    trace = {name: np.stack([leaves.trace[name] for leaves in loaded]) for name in loaded[0].trace}
+    return stack([leaves.state for leaves in loaded]), trace, stack([leaves.opt_state for leaves in loaded])
+
+
+def _check_leaves(part: str, given: list, like: list) -> None:
+    found = [(tuple(jax.numpy.shape(g)), jax.numpy.result_type(g)) for g in given]
+    expected = [(tuple(jax.numpy.shape(e)), jax.numpy.result_type(e)) for e in like]
+    if found != expected:
+        diff = next(((f, e) for f, e in zip(found, expected) if f != e), (f"{len(found)} leaves",
+                                                                           f"{len(expected)} leaves"))
+        raise ValueError(f"run_grid(resume=True): the cell's checkpoint does not fit this fit's {part}: the file "
+                         f"has {diff[0]} where fit has {diff[1]} (another cell function or optimizer?)")
+
+
+def resume_cell(resume: CellResume, fresh: TrainState, *, steps: int, log_every: int, batch_size: int | None,
+                shuffle: bool) -> tuple[TrainState, int, dict[str, jax.Array]]:
+    """The state, step and stored trace a resumed grid cell's ``fit`` continues from (inside the traced program).
+
+    Checks, while tracing (before the program runs), that the checkpoint fits this ``fit``: step <= ``steps``, the
+    same ``log_every`` and mini-batching, and the shapes and dtypes of ``fresh`` (fit's own start state).
+
+    Args:
+      resume: the cell's :class:`CellResume` (its group and its traced stored leaves).
+      fresh: the fit's own fresh start state (its structure is what the leaves are unflattened into).
+      steps, log_every, batch_size, shuffle: the fit's arguments.
+
+    Returns:
+      ``(state, step, stored trace rows)`` as :func:`optlab.engine.checkpoint.resume` returns them.
+
+    Example:
+      >>> # inside fit: state, first, stored = resume_cell(cell.resume, state, steps=steps, log_every=log_every,
+      >>> #                                                 batch_size=batch_size, shuffle=shuffle)
+    """
+    group = resume.group
+    if group.step > steps:
+        raise ValueError(f"run_grid(resume=True): a cell's checkpoint is at step {group.step}, beyond steps={steps}")
+    if group.log_every != log_every:
+        raise ValueError(f"run_grid(resume=True): a cell's checkpoint was written with log_every={group.log_every}, "
+                         f"this fit has log_every={log_every}")
+    tag = (-1 if batch_size is None else batch_size, int(shuffle))  # as state._batching_tag stores it
+    if group.batching is not None and group.batching != tag:
+        raise ValueError(f"run_grid(resume=True): a cell's checkpoint was written with [batch_size, shuffle] = "
+                         f"{list(group.batching)} (-1: full batch), this fit has {list(tag)}: the batch order would "
+                         "change")
+    state_leaves, trace, opt_leaves = resume.leaves
+    core_like = fresh._replace(opt_state=None, key=jax.random.key_data(fresh.key))
+    _check_leaves("state (params, key, counters)", state_leaves, jax.tree.leaves(core_like))
+    _check_leaves("optimizer state", opt_leaves, jax.tree.leaves(fresh.opt_state))
+    core = jax.tree.structure(core_like).unflatten(state_leaves)
+    state = core._replace(opt_state=jax.tree.structure(fresh.opt_state).unflatten(opt_leaves),
+                          key=jax.random.wrap_key_data(core.key, impl=group.key_impl))
+    return state, group.step, {name: rows for name, rows in trace.items() if name != _BATCHING}
+
+
 __all__ = [
+    "CellResume",
     "GridCell",
+    "ResumeGroup",
     "cell_dir",
     "grid_cell",
+    "load_cells",
+    "resume_cell",
+    "resume_plan",
 ]
+
+
+def resume_parts(cell_ids: np.ndarray, plan) -> list[tuple[Any, np.ndarray]]:
+    """A static group's cells split by where they resume: ``[(ResumeGroup or None, cell ids)]``.
+
+    Without ``plan`` (no resume) the group is one part. The furthest resume points run first (they finish soonest,
+    so a second interruption loses least); cells that start at step 0 run last, in the fresh program.
+    """
+    if plan is None:
+        return [(None, cell_ids)]
+    points: dict[Any, list[int]] = {}
+    for i in cell_ids.tolist():
+        points.setdefault(None if plan[i] is None else plan[i][1], []).append(i)
+    order = sorted((p for p in points if p is not None), key=lambda p: -p.step) + ([None] if None in points else [])
+    return [(p, np.asarray(points[p], dtype=cell_ids.dtype)) for p in order]

@@ -293,6 +293,52 @@ def load_checkpoint(path: str | os.PathLike, like: TrainState) -> Checkpoint:
     return Checkpoint(core._replace(opt_state=opt_state, key=key), trace, meta)
 
 
+class Leaves(NamedTuple):
+    """A checkpoint read without a like-tree, as flat leaves in the order of its header's layout."""
+
+    meta: dict[str, Any]  # the file's header
+    state: list[np.ndarray]  # the leaves of the state without its optimizer state (the key as raw key data)
+    trace: dict[str, np.ndarray]  # trace rows recorded before meta["step"], by name
+    opt_state: list[np.ndarray]  # the leaves of the optimizer state
+
+
+def read_leaves(path: str | os.PathLike) -> Leaves:
+    """Loads a checkpoint as the flat leaves its header describes, without knowing the run's pytree structure.
+
+    ``run_grid(resume=True)`` stacks the cells' leaves on the host and hands them to each cell's ``fit``, which
+    knows the structure (it unflattens them into its own state, checking shapes and dtypes while it traces).
+
+    Args:
+      path: the ``.eqx`` file (or its name without suffix).
+
+    Returns:
+      :class:`Leaves` (host NumPy arrays).
+
+    Raises:
+      CheckpointError: naming the file and the reason (missing, truncated, corrupted, old format).
+
+    Example:
+      >>> # leaves = read_leaves("ckpt/cell_000003/checkpoint_000100.eqx"); leaves.meta["step"]
+    """
+    path = _eqx_path(path)
+    meta, data = _read(path, payload=True)
+
+    def specs(layout):
+        return [jax.ShapeDtypeStruct(tuple(shape), dtype) for _, shape, dtype in layout]
+
+    layout = meta["layout"]
+    buffer = io.BytesIO(data)
+    try:
+        state = eqx.tree_deserialise_leaves(buffer, specs(layout["state"]))
+        names = [name for name, _, _ in layout["trace"]]
+        trace = dict(zip(names, eqx.tree_deserialise_leaves(buffer, specs(layout["trace"]))))
+        opt_state = eqx.tree_deserialise_leaves(buffer, specs(layout["opt_state"]))
+    except (ValueError, EOFError, OSError) as err:
+        raise CheckpointError(f"checkpoint {path} cannot be loaded: unreadable data ({err})") from None
+    as_host = lambda leaves: [np.asarray(leaf) for leaf in leaves]  # noqa: E731
+    return Leaves(meta, as_host(state), {k: np.asarray(v) for k, v in trace.items()}, as_host(opt_state))
+
+
 def resume(
     path: str | os.PathLike,
     like: TrainState,
@@ -352,12 +398,14 @@ def align_trace(stored: dict[str, jax.Array], new: dict[str, jax.Array], n_rows:
 __all__ = [
     "Checkpoint",
     "CheckpointError",
+    "Leaves",
     "TrainState",
     "align_trace",
     "encode_checkpoint",
     "leaf_specs",
     "load_checkpoint",
     "opt_state_matches",
+    "read_leaves",
     "read_meta",
     "resume",
     "verify_checkpoint",

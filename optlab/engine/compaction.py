@@ -2,26 +2,35 @@
 
 Under ``vmap`` every cell (lane) of a program runs until the slowest ends: a ``cond`` on a batched predicate
 becomes a ``select``, so an early-stopped cell keeps paying for its frozen steps. With ``compact_every=K`` the
-grid runs the cell's one ``fit`` call in segments of ``K`` steps. Between segments the host reads each cell's
-:class:`~optlab.engine.checkpoint.TrainState`, drops the cells that early stopped, and re-packs the live ones into
-narrower programs whose widths are powers of two, at least 2 (so a grid compiles at most ``log2(width)``
-segment programs, plus one per width for a shorter last segment). At the end one *finish* program per chunk traces
-the cell function again with each cell's final state and trace rows, so ``fn`` computes its outputs from them as if
-``fit`` had run all its steps at once. Segments carry only the trace columns ``fn``'s outputs use (found by
-dead-code elimination of the finish program's jaxpr in the probe).
+grid runs the cell's one ``fit`` call in segments: the first of ``K`` steps, and each one after which no new cell
+stopped twice as long as the one before (a grid where nothing stops runs ~``log2(steps / K)`` segments; a stop or
+a re-pack brings the length back to ``K``). States stay on the device, each segment's feeding the next; only the
+live cells' ``stopped_at`` come to the host. When dropping the stopped cells would shrink the programs' total width,
+the live ones are re-packed (gathered on the host: states are a few numbers per cell) into narrower programs whose
+widths are buckets 2, 3, 4, 6, 8, 12, ... (powers of two and 3/4 of them: a grid compiles at most
+``2 log2(width)`` widths, and a program pads less than a third of its width); otherwise the stopped cells stay,
+frozen, as in the uncompacted grid. Until the first re-pack each program keeps its segments' trace rows as they
+came and its last segment computes ``fn``'s outputs itself (the rows of the earlier segments are inputs, the new
+ones appended in the program). After a re-pack the rows go into one ``(cells, rows)`` buffer on the device
+(written in place per segment) and at the end one *finish* program per chunk traces the cell function again with
+each cell's final state and trace rows, so ``fn`` computes its outputs from them as if ``fit`` had run all its
+steps at once. Segments carry only the trace columns ``fn``'s outputs use (found by dead-code elimination of the
+finish program's jaxpr in the probe). A grid whose cells can never be dropped (shuffled mini-batches, below) runs
+the uncompacted program. This module is the traced side (what a cell's ``fit`` does in each lane mode, the frozen
+tail); :mod:`optlab.engine.lane_schedule` is the host side (``run_lanes``, ``bucket_width``).
 
 Bit-identity: every output of every cell equals the uncompacted grid's bit for bit, on XLA:CPU with the compile
 option run_grid sets (:data:`optlab.engine.grid_program._COMPILER_OPTIONS`: no YNNPACK reduce fusions), for the problems
-in ``tests/engine/test_compaction.py`` and ``benchmarks/bench_grid.py`` (1024 cells re-packed to 256). Why it
-holds: a segment restarts ``fit``'s training scan from the state the previous segment ended with, as a
+in ``tests/engine/test_compaction.py`` (widths 8, 6, 4 and 2) and ``benchmarks/bench_compaction.py`` (1024
+cells re-packed to 192; 1024 cells in 5 growing segments). Why it holds: a segment restarts ``fit``'s training scan from the state the previous segment ended with, as a
 checkpointed ``fit`` does (its batches are a function of ``(key, step)``). A frozen cell's later trace rows are
 not constant: ``fit`` records the loss and gradient norms at the frozen parameters on each step's batch. They are
 periodic, though: with full-batch data every step sees the same batch (period 1) and with fixed-order mini-batches
 step ``t`` sees batch ``t mod per_epoch`` (period ``per_epoch``). The finish program runs the frozen state for one
 period (no update is applied to a frozen cell) and tiles those rows over the rest of the trace, with the schedule
 column evaluated at each row's step, so the dropped cell's trace, best, stop step and counters equal the
-uncompacted run's. With shuffled mini-batches every epoch differs, so their frozen cells stay in the program
-(compaction then only costs the segment overhead).
+uncompacted run's. With shuffled mini-batches every epoch differs, so no cell can be dropped and the grid runs
+uncompacted.
 
 What the guarantee rests on, and where it ends: the re-packed programs differ from the uncompacted one only in
 their width (and scan length), so bit-identity needs XLA to round a cell the same way at every width. Three things
@@ -42,31 +51,29 @@ change its result; stop such cells with ``fit(early_stop=...)`` (a non-finite lo
 goes non-finite stops after ``patience`` steps) and compaction drops them like any stopped cell.
 
 Example:
-  >>> bucket_width(5, chunk=64, n_devices=1), bucket_width(5, chunk=4, n_devices=1), bucket_width(1, 64, 1)
-  (8, 4, 2)
+  >>> bucket_width(5, chunk=64, n_devices=1), bucket_width(7, 64, 1), bucket_width(5, chunk=4, n_devices=1)
+  (6, 8, 4)
+  >>> bucket_width(1, 64, 1), bucket_width(192, 1024, 1), bucket_width(193, 1024, 1)
+  (2, 192, 256)
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
-import math
 import weakref
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
 from optlab.engine import batching
 from optlab.engine.checkpoint import TrainState
 from optlab.engine import fn_cache as _fn_cache
+from optlab.engine.lane_schedule import bucket_width, run_lanes  # noqa: F401 (grid.py and the tests use them here)
 
-# A frozen cell's tail is rebuilt from one period of its rows; beyond this share of the run's steps that costs
-# more than running it (e.g. one batch per example of a large data set): such cells stay in the program.
-_MAX_PERIOD_SHARE = 0.25
 
 
 class Lane:
@@ -75,8 +82,10 @@ class Lane:
     ``mode`` is ``("probe", info)`` (record the run's static layout in ``info``, run normally: only shapes are
     traced), ``("run", n_rows, columns)`` (run ``n_rows`` trace rows from ``inputs[0]``, or from fit's own start
     state where its step is negative, and keep the new state and the trace ``columns`` of its rows in ``outputs``;
-    None: all) or ``("finish", with_tail)`` (no steps: the result is the state and rows in ``inputs``, columns
-    missing there filled with zeros, frozen tails rebuilt when ``with_tail``).
+    None: all), ``("last", n_rows)`` (run the last ``n_rows`` rows like ``"run"``; the result is the new state and
+    the rows of the earlier segments, ``inputs[1]``, a tuple of row dicts, followed by the new ones: fn's outputs come
+    from the same program) or ``("finish", with_tail)`` (no steps: the result is the state and rows in ``inputs``,
+    columns missing there filled with zeros, frozen tails rebuilt when ``with_tail``).
     """
 
     def __init__(self, mode: tuple, inputs: Any):
@@ -109,12 +118,18 @@ class Lane:
             return new, rows
         impl = jax.random.key_impl(state.key)
         given_state, given_rows = self.inputs
-        if kind == "run":
+        if kind in ("run", "last"):
             # a negative step marks a cell's first segment: it starts from fit's own start state (one program serves
             # the first segment and the later ones)
             own = state._replace(key=jax.random.key_data(state.key))
             start = _wrap_key(jax.tree.map(lambda a, b: jnp.where(given_state.step < 0, a, b), own, given_state), impl)
             new, rows, _ = run_chunk(start, data, self.mode[1])
+            if kind == "last":
+                if not given_rows:  # one segment: fit's own run
+                    return new, rows
+                # columns the segments did not carry are dead in fn's outputs (zeros keep their shapes)
+                return new, {k: jnp.concatenate([p[k] for p in given_rows] + [v]) if k in given_rows[0] else
+                             jnp.zeros((total_rows, *v.shape[1:]), v.dtype) for k, v in rows.items()}
             # Only the columns fn's outputs depend on: the uncompacted program drops the others, and XLA fuses (and
             # rounds) a live column's reductions differently when a sibling column is dead (e.g. grad_norm without
             # group_grad_norms recomputes the gradient's reduction in another order).
@@ -198,9 +213,14 @@ def _frozen_tail(per_step, state: TrainState, rows: dict, data: Any, *, first_st
     # loop of the uncompacted grid.
     _, step_rows, _ = per_step(state, data, max(period, 2))
     row_steps = first_step + log_every * jnp.arange(steps // log_every, dtype=dropped_at.dtype)
-    offset = (row_steps - dropped_at) % period
-    tail = {name: values[offset] for name, values in step_rows.items()}
-    tail["lr"] = _lr_column(schedule, row_steps).astype(rows["lr"].dtype)
+    if period == 1:  # full batch: every frozen row is the first one (a broadcast, not a gather per row)
+        tail = {name: values[0] for name, values in step_rows.items()}
+    else:
+        offset = (row_steps - dropped_at) % period
+        tail = {name: values[offset] for name, values in step_rows.items()}
+    # without a schedule the column is the constant 1 the step records (a loop over the rows would compute it again)
+    tail["lr"] = (jnp.ones((), rows["lr"].dtype) if schedule is None else
+                  _lr_column(schedule, row_steps).astype(rows["lr"].dtype))
     after = row_steps >= dropped_at
     trace = {name: jnp.where(after.reshape(-1, *[1] * (v.ndim - 1)), tail[name], v) for name, v in rows.items()}
     block = state.stop_block
@@ -265,84 +285,6 @@ def used_columns(finish: Callable, state: Any, rows: dict) -> tuple[str, ...] | 
     for (path, _), flag in zip(jax.tree_util.tree_flatten_with_path(rows)[0], used[n_state:]):
         flags[path[0].key] |= flag
     return tuple(sorted(k for k, flag in flags.items() if flag))
-
-
-def bucket_width(live: int, chunk: int, n_devices: int) -> int:
-    """Width of the program that carries ``live`` cells: the next power of two, at least 2, at most ``chunk``, a
-    multiple of ``n_devices`` (so a grid compiles one program per bucket, not one per live count).
-
-    Never 1 below a wider chunk: XLA simplifies the size-1 batch dimension of a width-1 program away, and its dots
-    then round differently from the same cell's in a wider program."""
-    width = min(max(1 << max(live - 1, 0).bit_length(), 2), chunk)
-    return math.ceil(width / n_devices) * n_devices
-
-
-def _take(tree: Any, positions: np.ndarray) -> Any:
-    return jax.tree.map(lambda a: a[positions], tree)
-
-
-def run_lanes(program: Callable, probe: dict, n_cells: int, *, compact_every: int, chunk: int, n_devices: int,
-              to_host: Callable, interrupted: Callable[[], bool]) -> tuple[dict | None, dict]:
-    """Runs one static group's cells in segments of ``compact_every`` steps, dropping early-stopped cells.
-
-    Args:
-      program: ``program(mode, positions, lane_inputs) -> device outputs`` for the cells at ``positions`` of the
-        group (padded to a bucket width by the caller of this function: here).
-      probe: the layout the probe recorded (``total_rows``, ``log_every``, ``steps``, ``period``).
-      n_cells: cells in the group.
-      compact_every: steps per segment, a multiple of fit's ``log_every``.
-      chunk: the widest program.
-      n_devices: widths are multiples of it.
-      to_host: device array -> NumPy array.
-      interrupted: checked between segments; True stops the group (its cells are not returned).
-
-    Returns:
-      ``(outputs, stats)``: host outputs with leading axis ``n_cells`` (None when interrupted) and counters
-      (``segments``, ``lane_segments`` = cell-segments run, ``dropped``, ``widths``).
-    """
-    log_every, total_rows, steps, period = (probe[k] for k in ("log_every", "total_rows", "steps", "period"))
-    columns = probe.get("columns")
-    if compact_every % log_every:
-        raise ValueError(f"compact_every={compact_every} must be a multiple of fit's log_every={log_every} (a "
-                         "segment ends on a trace row)")
-    droppable = period is not None and period <= max(1, _MAX_PERIOD_SHARE * steps)
-    seg_rows = compact_every // log_every
-    states = jax.tree.map(lambda s: np.zeros((n_cells, *s.shape[1:]), s.dtype), probe["lane_shapes"][0])
-    states.step[:] = -1  # not started (see Lane.run)
-    rows = None
-    live, done = np.arange(n_cells), 0
-    stats = {"segments": 0, "lane_segments": 0, "dropped": 0, "widths": set()}
-
-    def padded_parts(positions):
-        for first in range(0, len(positions), chunk):
-            part = positions[first:first + chunk]
-            width = bucket_width(len(part), chunk, n_devices)
-            stats["widths"].add(width)
-            yield part, np.concatenate([part, np.repeat(part[-1:], width - len(part))])
-
-    while done < total_rows and live.size:
-        n = min(seg_rows, total_rows - done)
-        for part, padded in padded_parts(live):
-            out = jax.tree.map(to_host, program(("run", n, columns), padded, (_take(states, padded), None)))
-            if rows is None:
-                rows = jax.tree.map(lambda a: np.zeros((n_cells, total_rows, *a.shape[2:]), a.dtype), out["rows"])
-            k = len(part)
-            jax.tree.map(lambda dst, src: dst.__setitem__(part, src[:k]), states, out["state"])
-            jax.tree.map(lambda dst, src: dst.__setitem__((part, slice(done, done + n)), src[:k]), rows, out["rows"])
-            stats["lane_segments"] += len(padded)
-        done += n
-        stats["segments"] += 1
-        if interrupted():
-            return None, stats
-        if droppable and done < total_rows:
-            live = live[states.stopped_at[live] < 0]
-    stats["dropped"] = int(n_cells - live.size)
-    outputs = []
-    for part, padded in padded_parts(np.arange(n_cells)):
-        result = program(("finish", stats["dropped"] > 0), padded, (_take(states, padded), _take(rows, padded)))
-        outputs.append({k: to_host(v)[: len(part)] for k, v in result.items()})
-    stats["widths"] = sorted(stats["widths"])
-    return {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]}, stats
 
 
 __all__ = ["bucket_width"]

@@ -21,12 +21,13 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
+from optlab.engine import cell_checkpoints as _cell_ckpt
 from optlab.engine import interrupt as _interrupt
 from optlab.engine import chunking as _chunking
-from optlab.engine import compaction as _compaction
 from optlab.engine._checks import _int_arg
 from optlab.engine.grid_axes import (  # noqa: F401 (_is_number: imported from here by optlab.ablation)
     _check_axes,
+    _check_cell_index,
     _check_seeds,
     _describe,
     _is_number,
@@ -34,9 +35,9 @@ from optlab.engine.grid_axes import (  # noqa: F401 (_is_number: imported from h
     _write_cell_index,
     product_index,
 )
+from optlab.engine import grid_program as _grid_program
 from optlab.engine.grid_program import (
     _ByIdentity,
-    _cells,
     _cells_program,
     _hashable,
     _place,
@@ -55,33 +56,6 @@ def _stack(pieces: list[np.ndarray]) -> np.ndarray:
     stacked = np.empty(sum(len(p) for p in pieces), dtype=object)
     stacked[:] = [cell for p in pieces for cell in p]
     return stacked
-
-
-def _compacted_group(program, inputs_of, cell_ids, *, every, chunk, n_devices, sharding, interrupted):
-    """One static group under ``compact_every``: the probe, then :func:`~optlab.engine.compaction.run_lanes`."""
-
-    def lane_program(mode, positions, lane_inputs):
-        values, seed_column = inputs_of(cell_ids[positions])
-        values, seed_column, lane_inputs = _place((values, seed_column, lane_inputs), sharding)
-        return program(values, seed_column, None, lane_inputs, lane=mode)
-
-    static = {k: program.keywords[k] for k in ("fn", "fixed", "names")}
-
-    def trace(layout):
-        # Shapes only: fit records its steps, log_every and batch period in ``layout``; then which trace columns
-        # fn's outputs use, so segments carry just those (as the uncompacted program computes just those).
-        cells = functools.partial(_cells, **static, sharding=None)
-        first = inputs_of(cell_ids[:1])
-        jax.eval_shape(functools.partial(cells, lane=("probe", layout)), *first)
-        finish = functools.partial(cells, lane=("finish", True))
-        layout["columns"] = _compaction.used_columns(lambda s, r: finish(*first, None, (s, r)),
-                                                     *layout["lane_shapes"])
-
-    fn = static["fn"]
-    key = None if isinstance(fn, _ByIdentity) or _uncacheable(static["fixed"]) else (static["fixed"], static["names"])
-    layout = _compaction.probe_layout(fn.value if isinstance(fn, _ByIdentity) else fn, key, trace)
-    return _compaction.run_lanes(lane_program, layout, len(cell_ids), compact_every=every, chunk=chunk,
-                                 n_devices=n_devices, to_host=_to_host, interrupted=interrupted)
 
 
 def _auto_chunk(program, inputs_of, cell_ids, n_devices) -> int:
@@ -117,6 +91,7 @@ def run_grid(
     label: str | None = None,
     checkpoint_every: int | None = None,
     checkpoint_dir=None,
+    resume: bool = False,
     compact_every: int | None = None,
 ) -> GridResult:
     """Evaluate ``fn`` on the cartesian product of ``axes`` × seeds, vmapped, chunked and sharded.
@@ -178,20 +153,37 @@ def run_grid(
         grid (no host round trip per segment; the program is the same one with the writes added), so every
         checkpoint holds that cell's ``best_params`` / ``best_step`` so far and ``best_checkpoint(cell_dir(...))``
         recovers its best saved state (load it with ``optlab.engine.loop.load_state``).
-      checkpoint_dir: the grid's checkpoint folder (see ``checkpoint_every``).
+      checkpoint_dir: the grid's checkpoint folder (see ``checkpoint_every``). Without ``resume``, a folder that
+        already holds checkpoints is run again from step 0: cells.json is replaced and each cell's files are
+        rewritten as its steps come (files of steps this grid does not write, e.g. under another
+        ``checkpoint_every``, stay).
+      resume: with ``checkpoint_every`` / ``checkpoint_dir``, continue each cell from its latest intact checkpoint
+        there (an interrupted or killed grid: finished chunks, the running chunk's last saved step, untouched cells
+        at 0). ``cells.json`` must be this grid's cell index (same axes, static axes, seeds), else ValueError
+        before any work; a missing or empty folder is a fresh run. Cells resumed at the same step (and static
+        values) form one program whose ``fit`` scans only the remaining steps, from the cells' stored states and
+        trace rows, which enter as batched inputs (not constants: one compile serves any number of cells and
+        chunks, and an interrupted grid has few distinct resume steps, so few compiles); a cell saved at its last
+        step runs no step, only ``fn`` on its stored result. Every output, trace row, ``best_*`` and stop step
+        equals the uninterrupted grid's bit for bit (XLA:CPU, by the reproducibility rule: a resumed group
+        narrower than the chunk is padded to 2 cells per device, because only widths >= 2 round alike; checked on
+        one and two devices in ``tests/engine/test_grid_resume.py``). An early-stopped cell continues frozen (no
+        update is applied), so its later trace rows are recorded as in the uninterrupted grid. The cell's ``fit``
+        must not take ``start=``. ``info["resumed"]``: per result row, the step its cell resumed from.
       compact_every: lane compaction (:mod:`optlab.engine.compaction`), for grids where many cells stop early.
-        The cell's one ``optlab.fit`` call runs in segments of this many steps (a multiple of its ``log_every``);
-        between segments the host drops the cells that early stopped (``stopped_at >= 0``; not cells that diverged
-        or went non-finite without stopping: they still change) and re-packs the rest into programs of power-of-two
-        widths >= 2. A dropped cell's remaining trace rows (fit keeps recording the loss at its frozen parameters)
-        are rebuilt from one period of frozen steps, so it is dropped only with full-batch or fixed-order
-        mini-batches (with shuffled mini-batches frozen cells stay). Guarantee: every output equals the
+        The cell's one ``optlab.fit`` call runs in segments, the first of this many steps (a multiple of its
+        ``log_every``), each twice as long as the last while no new cell stops; between segments the cells that
+        early stopped (``stopped_at >= 0``; not cells that diverged or went non-finite without stopping: they
+        still change) are dropped and the rest re-packed into narrower programs (widths 2, 3, 4, 6, 8, 12, ...)
+        when that shrinks the width. A dropped cell's remaining trace rows (fit keeps recording the loss at its
+        frozen parameters) are rebuilt from one period of frozen steps, so it is dropped only with full-batch or
+        fixed-order mini-batches (with shuffled mini-batches the grid runs uncompacted). Guarantee: every output equals the
         uncompacted grid's bit for bit on XLA:CPU (the compile option of the reproducibility rule makes a cell round alike at every
         width >= 2; :mod:`optlab.engine.compaction` says what this rests on); elsewhere to float rounding.
-        Limits: one ``fit`` per cell, not with ``checkpoint_every`` / ``resume_from``; each segment is a host
-        round trip of the states and rows (choose segments of at least ~5 % of the steps); an interrupt between
-        segments drops the unfinished group's cells. ``info["compaction"]`` counts segments, cell-segments run,
-        dropped cells and the widths used, per static group. None (default): no segments.
+        Limits: one ``fit`` per cell, not with ``checkpoint_every`` / ``resume_from``; each segment costs a
+        dispatch and a host read of the live cells' stop flags (states and rows stay on the device); an interrupt
+        between segments drops the unfinished group's cells. ``info["compaction"]`` counts segments, cell-segments
+        run, dropped cells, re-packs, the widths used and host seconds, per static group. None (default): no segments.
 
     Returns:
       :class:`GridResult`.
@@ -224,6 +216,11 @@ def run_grid(
     checkpoint = None
     if checkpoint_every is not None:
         checkpoint = (_int_arg("checkpoint_every", checkpoint_every, 1), str(pathlib.Path(checkpoint_dir)))
+    if not isinstance(resume, bool):
+        raise TypeError(f"resume must be True or False, got {resume!r}")
+    if resume and checkpoint is None:
+        raise ValueError("resume=True continues cells from their checkpoints: pass checkpoint_every and "
+                         "checkpoint_dir too")
     all_axes = {**checked, SEED_AXIS: seed_values}
     names = list(all_axes)
     index, groups = product_index(all_axes, static)
@@ -250,6 +247,10 @@ def run_grid(
         raise _interrupt.GridInterrupted(
             f"{description}: not started because an earlier grid of this run was interrupted (Ctrl-C); "
             f"optlab.engine.interrupt.reset_interrupt() runs grids again", empty)
+    plan = None  # resume: per cell, (its latest checkpoint, ResumeGroup) or None (starts at step 0)
+    if resume:
+        _check_cell_index(checkpoint[1], all_axes, index, names)
+        plan = _cell_ckpt.resume_plan(checkpoint[1], len(index))
     if checkpoint is not None:  # which cell folder is which: written before any work, so it survives a crash
         _write_cell_index(checkpoint[1], all_axes, index, names)
 
@@ -287,7 +288,7 @@ def run_grid(
                         bar.total += math.ceil(group_size / chosen) - math.ceil(group_size / chunk)
                     chunk = chosen
                 if compact_every is not None:
-                    host, group_stats = _compacted_group(program, inputs_of, cell_ids, every=compact_every,
+                    host, group_stats = _grid_program.compacted_group(program, inputs_of, cell_ids, every=compact_every,
                                                          chunk=chunk, n_devices=n_devices, sharding=sharding,
                                                          interrupted=lambda: scope.interrupted)
                     compaction.append({**fixed, **group_stats})
@@ -296,21 +297,42 @@ def run_grid(
                     finished.append((cell_ids, host, n_devices))
                     bar.update(math.ceil(group_size / chunk))
                     continue
-                for first in range(0, group_size, chunk):
-                    if scope.interrupted:  # Ctrl-C arrived: start nothing new, keep what is on the device
+                parts = _cell_ckpt.resume_parts(cell_ids, plan)
+                programs -= all(resumed_at is not None for resumed_at, _ in parts)  # the fresh one never runs
+                # a part narrower than the group's chunk still runs >= 2 cells per device (as the chunk does,
+                # unless it is 1 per device itself): only widths >= 2 round alike (the reproducibility rule)
+                widths = [chunk if len(ids) == group_size else min(chunk, width_of(max(len(ids), 2 * n_devices)))
+                          for _, ids in parts]
+                bar.total += sum(math.ceil(len(ids) / w) for (_, ids), w in zip(parts, widths)) - \
+                    math.ceil(group_size / chunk)
+                for (resumed_at, part_ids), width in zip(parts, widths):
+                    part_program = program
+                    if resumed_at is not None:  # one program per resume point: fit scans the steps after it
+                        part_program = functools.partial(program, checkpoint=(*checkpoint, resumed_at))
+                        programs += 1
+                    for first in range(0, len(part_ids), width):
+                        if scope.interrupted:  # Ctrl-C arrived: start nothing new, keep what is on the device
+                            break
+                        ids = part_ids[first : first + width]
+                        padded_ids = np.concatenate([ids, np.repeat(ids[-1:], width - len(ids))])
+                        inputs, seed_column = inputs_of(padded_ids)
+                        cells = None if checkpoint is None else np.where(  # padding cells repeat a real one: no writes
+                            np.arange(width) < len(ids), padded_ids, -1).astype(np.int32)
+                        if resumed_at is None:
+                            values, seed_column, cells = _place((inputs, seed_column, cells), sharding)
+                            # dispatch this chunk before copying the previous one to the host: transfers overlap
+                            result = program(values, seed_column, cells)
+                        else:
+                            stored = _cell_ckpt.load_cells([plan[i][0] for i in padded_ids])
+                            values, seed_column, cells, stored = _place((inputs, seed_column, cells, stored),
+                                                                        sharding)
+                            result = part_program(values, seed_column, cells, None, stored)
+                        padded += width - len(ids)
+                        if in_flight is not None:
+                            collect(*in_flight)
+                        in_flight = (ids, result)
+                    if scope.interrupted:
                         break
-                    ids = cell_ids[first : first + chunk]
-                    padded_ids = np.concatenate([ids, np.repeat(ids[-1:], chunk - len(ids))])
-                    inputs, seed_column = inputs_of(padded_ids)
-                    cells = None if checkpoint is None else np.where(  # padding cells repeat a real one: no writes
-                        np.arange(chunk) < len(ids), padded_ids, -1).astype(np.int32)
-                    values, seed_column, cells = _place((inputs, seed_column, cells), sharding)
-                    # dispatch this chunk before copying the previous one to the host, so transfers overlap compute
-                    result = program(values, seed_column, cells)
-                    padded += chunk - len(ids)
-                    if in_flight is not None:
-                        collect(*in_flight)
-                    in_flight = (ids, result)
                 if scope.interrupted:
                     break
             if in_flight is not None:
@@ -359,4 +381,6 @@ def run_grid(
     if checkpoint is not None:
         info["checkpoint_dir"] = checkpoint[1]
         info["checkpoint_cells"] = done_ids[order].tolist()
+    if plan is not None:
+        info["resumed"] = [0 if plan[i] is None else plan[i][1].step for i in done_ids[order].tolist()]
     return GridResult(all_axes, index[done_ids[order]], outputs, static, complete, info)

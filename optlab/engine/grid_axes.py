@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import math
 import pathlib
 from collections.abc import Mapping, Sequence
@@ -120,11 +121,46 @@ def _describe(label, axes: Mapping[str, list]) -> str:
     return f"{label or 'grid'}: {size} = {total} cell{'s' if total != 1 else ''}"
 
 
+def _cell_index(directory: str, all_axes: dict, index: np.ndarray, names: list[str]) -> list[dict]:
+    """``cells.json``'s entries: per cell its index, folder name, axis values and seed."""
+    return [{"cell": i, "dir": _cell_ckpt.cell_dir(directory, i).name,
+             **{n: _python(np.asarray(all_axes[n][j])) for n, j in zip(names, row)}} for i, row in enumerate(index)]
+
+
 def _write_cell_index(directory: str, all_axes: dict, index: np.ndarray, names: list[str]) -> None:
-    cells = [{"cell": i, "dir": _cell_ckpt.cell_dir(directory, i).name,
-              **{n: _python(np.asarray(all_axes[n][j])) for n, j in zip(names, row)}} for i, row in enumerate(index)]
     pathlib.Path(directory).mkdir(parents=True, exist_ok=True)
-    _atomic.write_json(pathlib.Path(directory) / "cells.json", cells)
+    _atomic.write_json(pathlib.Path(directory) / "cells.json", _cell_index(directory, all_axes, index, names))
+
+
+def _check_cell_index(directory: str, all_axes: dict, index: np.ndarray, names: list[str]) -> None:
+    """``run_grid(resume=True)``: refuses a ``checkpoint_dir`` whose cells.json is not this grid's cell index.
+
+    A missing cells.json is fine when no cell folder holds checkpoints (a fresh run); otherwise nothing says which
+    folder is which cell, so resuming is refused too.
+    """
+    folder = pathlib.Path(directory)
+    stored_path = folder / "cells.json"
+    if not stored_path.is_file():
+        if any(folder.glob("cell_*/checkpoint_*.eqx")):
+            raise ValueError(f"checkpoint_dir {str(directory)!r} holds cell checkpoints but no cells.json, so which "
+                             "folder is which cell is unknown; resume=False starts the grid again from step 0")
+        return
+    try:
+        stored = json.loads(stored_path.read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"checkpoint_dir {str(directory)!r}: cells.json cannot be read ({err})") from None
+    expected = json.loads(json.dumps(_atomic._plain(_cell_index(directory, all_axes, index, names)), default=str))
+    same = lambda a, b: json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)  # noqa: E731 (NaN == NaN)
+    if same(stored, expected):
+        return
+    if not isinstance(stored, list) or len(stored) != len(expected):
+        found = f"{len(stored)} cells" if isinstance(stored, list) else f"a {type(stored).__name__}"
+        what = f"it holds {found}, this grid has {len(expected)}"
+    else:
+        i = next(i for i, (a, b) in enumerate(zip(stored, expected)) if not same(a, b))
+        what = f"cell {i} is {stored[i]} there, {expected[i]} in this grid"
+    raise ValueError(f"run_grid(resume=True): checkpoint_dir {str(directory)!r} holds another grid's cells.json "
+                     f"({what}); resume with the same axes, static axes and seeds, or use another checkpoint_dir")
 
 
 

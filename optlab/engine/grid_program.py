@@ -50,18 +50,22 @@ def _hashable(value):
     return value
 
 
-def _cells(values, seeds, cells=None, lane_inputs=None, *, fn, fixed, names, sharding, checkpoint=None, lane=None):
+def _cells(values, seeds, cells=None, lane_inputs=None, resume_inputs=None, *, fn, fixed, names, sharding,
+           checkpoint=None, lane=None):
     """``vmap`` of the cell function over a chunk; static args make jit reuse it for the same fn and static values.
 
     With ``checkpoint=(every, directory)`` each cell's ``fit`` writes its checkpoints from inside the program, under
-    ``cell_dir(directory, cells[i])`` (``cells`` -1 for padding cells, which write nothing). With ``lane`` (a
+    ``cell_dir(directory, cells[i])`` (``cells`` -1 for padding cells, which write nothing). With
+    ``checkpoint=(every, directory, group)`` (a :class:`~optlab.engine.cell_checkpoints.ResumeGroup`) each cell's
+    ``fit`` continues from its stored checkpoint ``resume_inputs`` (stacked leaves, one row per cell) at
+    ``group.step``, scanning only the steps after it. With ``lane`` (a
     :class:`~optlab.engine.compaction.Lane` mode) the cell's ``fit`` runs one segment of a compacted grid, or
     finishes it, from ``lane_inputs`` (per-cell state and rows); a segment returns that state and those rows.
     """
     unwrap = lambda v: v.value if isinstance(v, _ByIdentity) else v  # noqa: E731
     fn, fixed = unwrap(fn), {name: unwrap(v) for name, v in fixed}
 
-    def cell(dynamic, seed, cell_id, lane_in):
+    def cell(dynamic, seed, cell_id, lane_in, resume_in):
         hparams = {n: fixed[n] if n in fixed else dynamic[n] for n in names}
         if lane is not None:
             with _compaction.lane(lane, lane_in) as slot:
@@ -72,15 +76,16 @@ def _cells(values, seeds, cells=None, lane_inputs=None, *, fn, fixed, names, sha
             return outputs if lane[0] != "run" else slot.outputs
         if checkpoint is None:
             return _flatten(fn(hparams, jax.random.key(seed)))
-        every, directory = checkpoint
-        with _cell_ckpt.grid_cell(_cell_ckpt.GridCell(every, pathlib.Path(directory), cell_id)) as taken:
+        every, directory, *group = checkpoint
+        resume = _cell_ckpt.CellResume(group[0], resume_in) if group else None
+        with _cell_ckpt.grid_cell(_cell_ckpt.GridCell(every, pathlib.Path(directory), cell_id, resume)) as taken:
             outputs = _flatten(fn(hparams, jax.random.key(seed)))
         if not taken[1]:
             raise ValueError("run_grid(checkpoint_every=...) checkpoints the cell's optlab.fit call, but fn never "
                              "called optlab.fit")
         return outputs
 
-    outputs = jax.vmap(cell)(values, seeds, cells, lane_inputs)
+    outputs = jax.vmap(cell)(values, seeds, cells, lane_inputs, resume_inputs)
     return outputs if sharding is None else jax.lax.with_sharding_constraint(outputs, sharding)
 
 
@@ -126,3 +131,32 @@ def _place(tree, sharding):
     if jax.process_count() == 1:
         return jax.device_put(tree, sharding)
     return jax.tree.map(lambda x: jax.make_array_from_callback(x.shape, sharding, lambda i: x[i]), tree)
+
+
+def compacted_group(program, inputs_of, cell_ids, *, every, chunk, n_devices, sharding, interrupted):
+    """One static group under ``compact_every``: the probe, then :func:`~optlab.engine.compaction.run_lanes`."""
+
+    def lane_program(mode, positions, lane_inputs):
+        values, seed_column = inputs_of(cell_ids[positions])
+        values, seed_column, lane_inputs = _place((values, seed_column, lane_inputs), sharding)
+        if mode is None:  # the uncompacted program (the same call, so jit reuses its compile)
+            return program(values, seed_column, None)
+        return program(values, seed_column, None, lane_inputs, lane=mode)
+
+    static = {k: program.keywords[k] for k in ("fn", "fixed", "names")}
+
+    def trace(layout):
+        # Shapes only: fit records its steps, log_every and batch period in ``layout``; then which trace columns
+        # fn's outputs use, so segments carry just those (as the uncompacted program computes just those).
+        cells = functools.partial(_cells, **static, sharding=None)
+        first = inputs_of(cell_ids[:1])
+        jax.eval_shape(functools.partial(cells, lane=("probe", layout)), *first)
+        finish = functools.partial(cells, lane=("finish", True))
+        layout["columns"] = _compaction.used_columns(lambda s, r: finish(*first, None, (s, r)),
+                                                     *layout["lane_shapes"])
+
+    fn = static["fn"]
+    key = None if isinstance(fn, _ByIdentity) or _uncacheable(static["fixed"]) else (static["fixed"], static["names"])
+    layout = _compaction.probe_layout(fn.value if isinstance(fn, _ByIdentity) else fn, key, trace)
+    return _compaction.run_lanes(lane_program, layout, len(cell_ids), compact_every=every, chunk=chunk,
+                                 n_devices=n_devices, to_host=_to_host, interrupted=interrupted)

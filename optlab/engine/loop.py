@@ -84,6 +84,7 @@ from optlab.engine.cell_checkpoints import (  # noqa: F401
     GridCell,
     _save_in_program,
     _take_grid_cell,
+    resume_cell as _resume_cell,
     cell_dir,
     grid_cell,
 )
@@ -228,7 +229,9 @@ def fit(
       checkpoint_every: save a checkpoint every this many steps (a multiple of ``log_every``) and at the end.
       checkpoint_dir: where checkpoints go (one file ``checkpoint_{step:06d}.eqx`` each). Not under ``jit`` /
         ``vmap``, except inside ``run_grid(checkpoint_every=..., checkpoint_dir=...)``, which checkpoints the cell's
-        one ``fit`` call from inside the compiled grid (``io_callback``) under ``cell_dir(checkpoint_dir, cell)``.
+        one ``fit`` call from inside the compiled grid (``io_callback``) under ``cell_dir(checkpoint_dir, cell)``;
+        with ``run_grid(resume=True)`` that fit continues from the cell's latest checkpoint there (traced inputs of
+        the grid program; not with ``start=``).
       resume_from: a checkpoint file to continue from; its step must be <= ``steps``. Its stored key, counters and
         trace are used; the result is bit-identical to an uninterrupted run. It is loaded on the host, so this also
         works under ``jit`` / ``vmap`` (every cell resumes from the same file). The ``batch_size`` must be the one
@@ -354,6 +357,14 @@ def fit(
         stored = _check_batching(resume_from, dict(stored), batch_size, shuffle)
     elif start is not None:
         state = _fill_start(start, state, opt, dtype, record_dtype, reset_optimizer_state)
+    if cell is not None and cell.resume is not None:
+        # run_grid(resume=True): the cell's latest checkpoint is a later state of this same run (resume_from's file
+        # included), so it supersedes it; its leaves are traced inputs of the grid program, one row per cell.
+        if start is not None:
+            raise ValueError("run_grid(resume=True) cannot resume a cell whose fit takes start=<TrainState> (its "
+                             "steps count from the traced start); re-run that grid without resume")
+        state, first, stored = _resume_cell(cell.resume, state, steps=steps, log_every=log_every,
+                                            batch_size=batch_size, shuffle=shuffle)
 
     run_chunk = _make_chunk(
         loss_of, combine, opt, log_every=log_every, batch_size=batch_size, shuffle=shuffle, schedule=schedule,

@@ -1,7 +1,9 @@
 """run_grid(compact_every=K): stopped cells are dropped between segments and the results equal the uncompacted grid.
 
-Kept small for the suite (8 cells, 24 steps): compiles dominate, so each case is one plain and one compacted grid
-(two bucket widths, 8 and 4), and the two parametrized cases share out the features that change the frozen tail.
+Kept small for the suite (8 cells, 24 steps): compiles dominate (one per program width and segment length), so
+each case is one plain and one compacted grid with few segments (re-packed 8 -> 4 and 8 -> 6), the two parametrized
+cases share out the features that change the frozen tail, and one two-cell grid covers growing segments and the
+last segment computing the outputs (no re-pack).
 """
 
 import jax
@@ -50,16 +52,18 @@ def _assert_same(plain, compact):
 
 
 @pytest.mark.parametrize(
-    "batch_size, every, log_every, schedule, compact_every, whole_trace",
+    "batch_size, every, log_every, schedule, compact_every, whole_trace, widths",
     [
-        (16, 1, 1, cosine(STEPS), 6, True),  # fixed-order mini-batches: period 3; the schedule column per row
+        # fixed-order mini-batches: period 3; the schedule column per row; 4 cells stop by step 4
+        (16, 1, 1, cosine(STEPS), 12, True, [4, 8]),
         # full batch (period 1), block early stopping (its running block sum keeps growing after the stop),
-        # log_every > 1, a shorter last segment (24 = 2 x 10 + 4), a subset of the trace columns
-        (None, 4, 2, None, 10, False),
+        # log_every > 1, a subset of the trace columns; cells stop at steps 12, 12, 16, 20: after 12 steps the 6
+        # live cells are re-packed to width 6 (not a power of two); the cells stopping at 16 and 20 stay, frozen
+        (None, 4, 2, None, 12, False, [6, 8]),
     ],
 )
 def test_compacted_grid_is_bit_identical_and_drops_stopped_cells(batch_size, every, log_every, schedule,
-                                                                 compact_every, whole_trace):
+                                                                 compact_every, whole_trace, widths):
     fn = _cell(batch_size, every, log_every, schedule, whole_trace=whole_trace)
     plain = optlab.run_grid(fn, AXES, seeds=2, progress=False)
     compact = optlab.run_grid(fn, AXES, seeds=2, progress=False, compact_every=compact_every)
@@ -70,7 +74,22 @@ def test_compacted_grid_is_bit_identical_and_drops_stopped_cells(batch_size, eve
     loss = plain.outputs["trace/loss" if whole_trace else "loss"]
     assert not np.all(np.isfinite(loss))  # the diverging lr is in the grid
     assert stats["lane_segments"] < stats["segments"] * 8  # dropped cells were not run to the end
-    assert min(stats["widths"]) >= 2  # a width-1 program rounds its dots differently
+    assert stats["widths"] == widths and stats["repacks"] == 1
+
+
+def test_segments_grow_while_nothing_stops_and_the_last_segment_computes_the_outputs():
+    # two cells, one stops (at step 4) but a width-2 program cannot shrink, so it stays: no re-pack, and the
+    # last segment computes fn's outputs from the rows of the earlier ones (no finish program)
+    fn = _cell(None, log_every=2, whole_trace=False)
+    axes = {"lr": [0.3], "patience": [2, 1000]}
+    plain = optlab.run_grid(fn, axes, seeds=1, progress=False)
+    compact = optlab.run_grid(fn, axes, seeds=1, progress=False, compact_every=4)
+    _assert_same(plain, compact)
+    stats = compact.info["compaction"][0]
+    assert sorted(plain.outputs["stopped_at"].tolist()) == [4, STEPS]
+    # 4 steps (one stopped) so 4 again, none stopped so 8, then 16 cut to the last 8: 4 segments, not 6
+    assert (stats["segments"], stats["repacks"], stats["dropped"], stats["widths"]) == (4, 0, 0, [2])
+    assert stats["seconds"]["finish"] == 0.0
 
 
 def test_shuffled_cells_stay_and_results_match():
@@ -110,10 +129,12 @@ def test_probe_cache_does_not_keep_fn_alive():
 
 @settings(max_examples=50, deadline=None)
 @given(st.integers(1, 5000), st.integers(1, 2048), st.sampled_from([1, 2, 4, 3]))
-def test_bucket_width_is_a_bounded_power_of_two_multiple_of_devices(live, chunk, n_devices):
+def test_bucket_width_is_a_bounded_bucket_multiple_of_devices(live, chunk, n_devices):
     chunk = max(chunk, live)
     width = bucket_width(live, chunk, n_devices)
     assert width >= live and width % n_devices == 0
-    assert width < 2 * live + n_devices or width <= -(-chunk // n_devices) * n_devices
-    base = min(max(1 << (live - 1).bit_length(), 2), chunk)
+    buckets = sorted({b for k in range(1, 13) for b in (1 << k, 3 << (k - 1))})  # 2, 3, 4, 6, 8, 12, ...
+    base = min(next(b for b in buckets if b >= live), chunk)
     assert width == -(-base // n_devices) * n_devices
+    if 2 < base < chunk:  # padding is under a third of the width (half with powers of two alone)
+        assert base - live < base / 3
