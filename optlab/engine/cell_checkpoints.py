@@ -17,8 +17,6 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import functools
 import os
 import pathlib
@@ -29,6 +27,7 @@ import numpy as np
 from jax.experimental import io_callback
 
 from optlab.engine import checkpoint as ckpt
+from optlab.engine.cell_slot import CellSlot
 from optlab.engine.checkpoint import TrainState
 from optlab.engine.state import _BATCHING
 
@@ -61,40 +60,26 @@ class CellResume(NamedTuple):
     leaves: Any  # (state leaves, trace dict, optimizer-state leaves) of checkpoint_file.read_leaves, one cell's
 
 
-_GRID_CELL: contextvars.ContextVar[list | None] = contextvars.ContextVar("optlab_grid_cell", default=None)
-
-
 def cell_dir(directory: str | os.PathLike, cell: int) -> pathlib.Path:
     """``directory / cell_{cell:06d}``: the checkpoint folder of grid cell ``cell`` (its row in the GridResult)."""
     return pathlib.Path(directory) / f"cell_{int(cell):06d}"
 
 
-@contextlib.contextmanager
+_GRID_CELL = CellSlot("grid_cell", "run_grid(checkpoint_every=...)",
+                      "checkpoint one of them with fit(checkpoint_every=..., checkpoint_dir=...) outside the grid instead")
+
+
 def grid_cell(cell: GridCell):
     """Scope in which the (single) ``fit`` call of a grid cell checkpoints through ``cell``; used by run_grid.
 
-    Yields a list that holds True once a ``fit`` call has taken the cell, so run_grid can tell a cell function
-    that never calls ``fit`` (nothing would be checkpointed).
+    Yields a :class:`~optlab.engine.cell_slot.Holder` whose ``taken`` is True once a ``fit`` call has taken the
+    cell, so run_grid can tell a cell function that never calls ``fit`` (nothing would be checkpointed).
     """
-    slot = [cell, False]
-    token = _GRID_CELL.set(slot)
-    try:
-        yield slot
-    finally:
-        _GRID_CELL.reset(token)
+    return _GRID_CELL.holding(cell)
 
 
 def _take_grid_cell() -> GridCell | None:
-    slot = _GRID_CELL.get()
-    if slot is None:
-        return None
-    if slot[1]:
-        raise ValueError(
-            "run_grid(checkpoint_every=...) checkpoints one fit per cell, but the cell function called fit twice; "
-            "checkpoint one of them with fit(checkpoint_every=..., checkpoint_dir=...) outside the grid instead"
-        )
-    slot[1] = True
-    return slot[0]
+    return _GRID_CELL.take()
 
 
 def _write_cell(directory: pathlib.Path, key_impl: str, log_every: int, payload: Any) -> None:

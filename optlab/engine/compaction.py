@@ -59,8 +59,6 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -72,6 +70,7 @@ from jax import lax
 from optlab.engine import batching
 from optlab.engine.checkpoint import TrainState
 from optlab.engine import fn_cache as _fn_cache
+from optlab.engine.cell_slot import CellSlot
 from optlab.engine.lane_schedule import bucket_width, run_lanes  # noqa: F401 (grid.py and the tests use them here)
 
 
@@ -89,7 +88,7 @@ class Lane:
     """
 
     def __init__(self, mode: tuple, inputs: Any):
-        self.mode, self.inputs, self.taken, self.outputs = mode, inputs, False, None
+        self.mode, self.inputs, self.outputs = mode, inputs, None
 
     def run(self, run_chunk, state: TrainState, data: Any, *, steps: int, log_every: int, batch_size, shuffle: bool,
             schedule, every: int) -> tuple[TrainState, dict]:
@@ -148,30 +147,21 @@ class Lane:
                             log_every=log_every, period=period, schedule=schedule, every=every)
 
 
-_LANE: contextvars.ContextVar[Lane | None] = contextvars.ContextVar("optlab_lane", default=None)
+_LANE = CellSlot("lane", "run_grid(compact_every=...)", "run the grid without compact_every")
 
 
-@contextlib.contextmanager
 def lane(mode: tuple, inputs: Any = (None, None)):
-    """Scope in which the (single) ``fit`` call of a grid cell runs as a :class:`Lane`; used by run_grid."""
-    slot = Lane(mode, inputs)
-    token = _LANE.set(slot)
-    try:
-        yield slot
-    finally:
-        _LANE.reset(token)
+    """Scope in which the (single) ``fit`` call of a grid cell runs as a :class:`Lane`; used by run_grid.
+
+    Yields a :class:`~optlab.engine.cell_slot.Holder`: ``.value`` is the Lane (its ``outputs`` after a segment),
+    ``.taken`` whether a ``fit`` took it.
+    """
+    return _LANE.holding(Lane(mode, inputs))
 
 
 def take_lane() -> Lane | None:
     """The lane of the cell being traced (None outside ``run_grid(compact_every=...)``); one ``fit`` per cell."""
-    slot = _LANE.get()
-    if slot is None:
-        return None
-    if slot.taken:
-        raise ValueError("run_grid(compact_every=...) runs one fit per cell in segments, but the cell function called "
-                         "fit twice; run the grid without compact_every")
-    slot.taken = True
-    return slot
+    return _LANE.take()
 
 
 def _period(data: Any, batch_size: int | None, shuffle: bool) -> int | None:

@@ -73,14 +73,14 @@ def _cells(values, seeds, cells=None, lane_inputs=None, resume_inputs=None, *, f
             if not slot.taken:
                 raise ValueError("run_grid(compact_every=...) segments the cell's optlab.fit call, but fn never "
                                  "called optlab.fit")
-            return outputs if lane[0] != "run" else slot.outputs
+            return outputs if lane[0] != "run" else slot.value.outputs
         if checkpoint is None:
             return _flatten(fn(hparams, jax.random.key(seed)))
         every, directory, *group = checkpoint
         resume = _cell_ckpt.CellResume(group[0], resume_in) if group else None
         with _cell_ckpt.grid_cell(_cell_ckpt.GridCell(every, pathlib.Path(directory), cell_id, resume)) as taken:
             outputs = _flatten(fn(hparams, jax.random.key(seed)))
-        if not taken[1]:
+        if not taken.taken:
             raise ValueError("run_grid(checkpoint_every=...) checkpoints the cell's optlab.fit call, but fn never "
                              "called optlab.fit")
         return outputs
