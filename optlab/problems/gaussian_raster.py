@@ -17,9 +17,12 @@ Two rasterisers (``RASTERISERS``):
 - ``"normalized"``: a weighted average ``I(p) = Σ_i w_i c_i / max(Σ_i w_i, ε)`` with ``w_i = o_i e^{-σ_i}`` cut to 0
   beyond 3.5 standard deviations (``2σ_i > 3.5²``); uncovered pixels are black.
 
-Pixels are evaluated in chunks (``chunk`` pixels at a time, each chunk rematerialised in the backward pass), so
-memory is ``O(chunk · N)`` plus the image, not ``O(H · W · N)``, for the loss and for its gradient. The image,
-losses and clamps built on these live in :mod:`optlab.problems.gaussian_image`.
+Pixels are evaluated in chunks (``chunk`` pixels at a time), so memory is ``O(chunk · N)`` plus the image, not
+``O(H · W · N)``, for the loss and for its gradient: the gradient is a hand-written VJP that recomputes each chunk's
+weights and forms every parameter's partial sum in the same pass (:func:`_chunk_vjp`). Under ``vmap`` (a grid of
+configs) the rasteriser loops over the configs rather than widening its (pixel, Gaussian) arrays by the grid width,
+so they stay in cache (see ``_one_config_at_a_time``); each config then computes the same bits as a run alone.
+The image, losses and clamps built on these live in :mod:`optlab.problems.gaussian_image`.
 
 Example:
   >>> import jax
@@ -30,13 +33,14 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
+from jax import custom_batching, lax
 
 RASTERISERS = ("sum", "normalized")
 ALPHA_MIN = 1.0 / 255.0  # GaussianImage skips contributions below one 8-bit level
@@ -146,12 +150,119 @@ def _weights(pixels: jax.Array, centres: jax.Array, a, b, c, opacity, rasteriser
 
 
 def _render_chunk(pixels, centres, a, b, c, opacity, colors, rasteriser: str):
+    """(P, 3) image, (P,) weight sum and (P, 3) unclipped / unnormalised mix ``Σ w c`` of one pixel chunk."""
     weights = _weights(pixels, centres, a, b, c, opacity, rasteriser)
     total = jnp.sum(weights, axis=1)
     mixed = weights @ colors
     if rasteriser == "sum":
-        return jnp.clip(mixed, 0.0, 1.0), total
-    return mixed / jnp.maximum(total, NORM_EPS)[:, None], total
+        return jnp.clip(mixed, 0.0, 1.0), total, mixed
+    return mixed / jnp.maximum(total, NORM_EPS)[:, None], total, mixed
+
+
+def _tie_slope(x, bound, above: bool):
+    # d max(x, bound)/dx (above) or d min(x, bound)/dx as JAX defines them: 1 on the free side, ½ at a tie, else 0
+    free = x > bound if above else x < bound
+    return jnp.where(free, 1.0, jnp.where(x == bound, 0.5, 0.0))
+
+
+def _chunk_vjp(pixels, centres, a, b, c, opacity, colors, mixed, total, g_image, g_total, rasteriser: str):
+    """Cotangents of ``(centres, a, b, c, opacity, colors)`` for one chunk, the (P, N) weights recomputed.
+
+    Hand-written so that each (pixel, Gaussian) pair is visited in one fused pass (forward recomputation and every
+    parameter's partial sum together) instead of the dozen (P, N) arrays autodiff of ``_render_chunk`` under
+    ``jax.checkpoint`` materialises; same maths, sums in another order (last-bit differences).
+    """
+    dx = pixels[:, None, 0] - centres[None, :, 0]
+    dy = pixels[:, None, 1] - centres[None, :, 1]
+    z1 = dx / a
+    z2 = (dy - b * z1) / c
+    sigma = 0.5 * (z1 * z1 + z2 * z2)
+    decay = jnp.exp(-sigma)
+    gauss = opacity * decay
+    if rasteriser == "sum":
+        alpha = jnp.minimum(1.0, gauss)
+        keep = alpha >= ALPHA_MIN
+        weights = jnp.where(keep, alpha, 0.0)
+        g_mixed = g_image * _tie_slope(mixed, 0.0, True) * _tie_slope(mixed, 1.0, False)
+        d_total = g_total
+        slope = jnp.where(keep, _tie_slope(gauss, 1.0, False), 0.0)  # d min(1, gauss) / d gauss, cut below 1/255
+    else:
+        keep = 2.0 * sigma <= CUTOFF_SIGMAS ** 2
+        weights = jnp.where(keep, gauss, 0.0)
+        denom = jnp.maximum(total, NORM_EPS)
+        g_mixed = g_image / denom[:, None]
+        d_denom = -jnp.sum(g_image * mixed, axis=1) / (denom * denom)
+        d_total = g_total + d_denom * _tie_slope(total, NORM_EPS, True)
+        slope = keep.astype(gauss.dtype)
+    # d loss / d w[p, n] = Σ_k g_mixed[p, k] c[n, k] + d_total[p], written out (3 channels) so it fuses
+    d_weights = (g_mixed[:, None, 0] * colors[None, :, 0] + g_mixed[:, None, 1] * colors[None, :, 1]
+                 + g_mixed[:, None, 2] * colors[None, :, 2] + d_total[:, None])
+    d_gauss = d_weights * slope
+    d_sigma = -d_gauss * gauss
+    d_z2 = d_sigma * z2 / c
+    d_z1 = (d_sigma * z1 - d_z2 * b) / a  # z1's own term plus its share through z2 = (dy − b z1) / c
+    d_centres = -jnp.stack([jnp.sum(d_z1, axis=0), jnp.sum(d_z2, axis=0)], axis=-1)
+    return (d_centres, -jnp.sum(d_z1 * z1, axis=0), -jnp.sum(d_z2 * z1, axis=0), -jnp.sum(d_z2 * z2, axis=0),
+            jnp.sum(d_gauss * decay, axis=0), jnp.einsum("pn,pk->nk", weights, g_mixed))
+
+
+def _one_config_at_a_time(fn):
+    """``fn`` that, under ``vmap``, loops over the mapped configs (``lax.map``) instead of batching them.
+
+    Batching widens every (pixel, Gaussian) array of a chunk by the vmap width: at width 64 one such array is
+    64 × 1024 × 50 floats, far past the cache, and a grid cell became slower than a run alone. The rasteriser is
+    already vectorised over pixels × Gaussians, so one config at a time loses nothing there, and the rest of the
+    step (SSIM, the optimizer, the per-op dispatch) stays batched. Each config also runs the very ops of a run
+    alone. Nested vmaps nest the loops.
+    """
+    looped = custom_batching.custom_vmap(fn)
+
+    @looped.def_vmap
+    def rule(axis_size, in_batched, *args):
+        args = tuple(jax.tree.map(lambda a, b: a if b else jnp.broadcast_to(a, (axis_size, *jnp.shape(a))), arg,
+                                  batched) for arg, batched in zip(args, in_batched))
+        out = lax.map(lambda one: looped(*one), args)
+        return out, jax.tree.map(lambda _: True, out)
+
+    return looped
+
+
+def _forward(rasteriser: str, blocks, centres, a, b, c, opacity, colors):
+    # image, weight sum and the unclipped / unnormalised mix of every chunk; the (P, N) weights are not kept
+    return lax.map(lambda block: _render_chunk(block, centres, a, b, c, opacity, colors, rasteriser), blocks)
+
+
+def _backward(rasteriser: str, blocks, centres, a, b, c, opacity, colors, mixed, total, g_image, g_total):
+    def one(chunk):
+        block, m, t, g_i, g_t = chunk
+        return _chunk_vjp(block, centres, a, b, c, opacity, colors, m, t, g_i, g_t, rasteriser)
+
+    return tuple(jnp.sum(part, axis=0) for part in lax.map(one, (blocks, mixed, total, g_image, g_total)))
+
+
+_FORWARD = {r: _one_config_at_a_time(functools.partial(_forward, r)) for r in RASTERISERS}
+_BACKWARD = {r: _one_config_at_a_time(functools.partial(_backward, r)) for r in RASTERISERS}
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _rasterise(rasteriser: str, blocks, centres, a, b, c, opacity, colors):
+    """(chunks, P, 3) images and (chunks, P) weight sums of the pixel ``blocks`` (chunks, P, 2)."""
+    return _rasterise_fwd(rasteriser, blocks, centres, a, b, c, opacity, colors)[0]
+
+
+def _rasterise_fwd(rasteriser, blocks, centres, a, b, c, opacity, colors):
+    image, total, mixed = _FORWARD[rasteriser](blocks, centres, a, b, c, opacity, colors)
+    # residuals: the inputs and two per-pixel arrays; the (P, N) weights are recomputed chunk by chunk
+    return (image, total), (blocks, centres, a, b, c, opacity, colors, mixed, total)
+
+
+def _rasterise_bwd(rasteriser, residuals, cotangents):
+    g_image, g_total = cotangents
+    grads = _BACKWARD[rasteriser](*residuals, g_image, g_total)
+    return (jnp.zeros_like(residuals[0]), *grads)
+
+
+_rasterise.defvjp(_rasterise_fwd, _rasterise_bwd)
 
 
 def pixel_centres(shape: Any) -> jax.Array:
@@ -181,12 +292,9 @@ def render_with_weights(params: dict, shape: Any, *, rasteriser: str = "sum", ch
     centres, (a, b, c) = positions(params, (h, w)), cholesky(params, offset)
     opacity, colors = opacities(params, learn_opacity), params["color"]
 
-    # remat: the backward pass recomputes each chunk's (chunk, N) weights instead of storing all H·W·N of them
-    @jax.checkpoint
-    def body(block):
-        return _render_chunk(block, centres, a, b, c, opacity, colors, rasteriser)
-
-    image, total = lax.map(body, pixels.reshape(n_chunks, chunk, 2))
+    # custom VJP (_rasterise): the backward pass recomputes each chunk's (chunk, N) weights instead of storing
+    # all H·W·N of them, and fuses the recomputation with every parameter's partial sum
+    image, total = _rasterise(rasteriser, pixels.reshape(n_chunks, chunk, 2), centres, a, b, c, opacity, colors)
     image = image.reshape(-1, 3)[:n_pix].reshape(h, w, 3)
     return image, total.reshape(-1)[:n_pix].reshape(h, w)
 

@@ -43,12 +43,13 @@ import numpy as np
 import optax
 
 from optlab.engine import loop
-from optlab.engine.checkpoint import best_checkpoint, list_checkpoints
+from optlab.engine.checkpoint import best_checkpoint
 from optlab.engine.grid import run_grid
 from optlab.problems import gaussian_image as gi
 from optlab.studies import summary as sm
 from optlab.studies.base import Study, StudyResult
 from optlab.studies.config import Settings, setting
+from optlab.studies.gaussian_divergence_probe import STEP_GROUPS, measured_steps, step_probe  # noqa: F401
 from optlab.studies.stages import interrupted_section, run_stages
 
 FIXES = ("none", "cosine", "step_decay", "clip", "moment_reset", "sgd", "early_stop", "per_param_lr",
@@ -219,7 +220,7 @@ def baseline_grid(config, target, progress: bool, checkpoint_dir: Path):
             "gradient_of": [float(g == "l2_only") for g in config.gradient_of], "clamp": list(config.clamp)}
     grid = run_grid(baseline_cell(config, target), axes, seeds=config.seeds, static=["n", "rasteriser"],
                     progress=progress, label="baseline", checkpoint_every=config.checkpoint_every,
-                    checkpoint_dir=checkpoint_dir)
+                    checkpoint_dir=checkpoint_dir, resume=True)  # the same --out again continues an interrupted run
     return sm.summarize_grid(grid, "loss", rel_tol=config.rel_tol)
 
 
@@ -268,63 +269,6 @@ def resume_check(config, base, fixes, base_rows: dict) -> dict[str, int]:
             out["none_total"] += 1
             out["overlap_rows"] += overlap
             out["none_equal"] += int(np.array_equal(resumed[:overlap], logged[row:row + overlap]))
-    return out
-
-
-STEP_GROUPS = ("xy", "chol", "color")  # the trained parameter groups (opacity stays fixed in the baseline)
-
-
-def measured_steps(loss, template: dict, opt: optax.GradientTransformation, states, lr: float) -> dict:
-    """One more step from each of the stacked TrainStates ``states``: per group of ``STEP_GROUPS``, the median and
-    max over the group's entries of ``|Δθ| / lr``, and each state's ``step`` (one vmapped, jitted call).
-
-    Example: ``measured_steps(loss, params, optax.adam(1e-3), stacked, 1e-3)["median/xy"]`` (a fresh Adam state
-    gives 1 for every entry with a nonzero gradient: its first step is ``lr · sign(g)``).
-    """
-    def one_step(state):
-        moved = loop.fit(loss, template, opt, steps=1, start=state).params
-        out = {"step": state.step}
-        for group in STEP_GROUPS:
-            ratio = jnp.abs(moved[group] - state.params[group]).ravel() / lr
-            out[f"median/{group}"], out[f"max/{group}"] = jnp.median(ratio), jnp.max(ratio)
-        return out
-
-    return jax.jit(jax.vmap(one_step))(states)
-
-
-def step_probe(config, grid, combo: dict, target: jax.Array, checkpoint_dir: Path) -> dict[str, np.ndarray]:
-    """H1, measured: Adam's actual step at every saved checkpoint of ``combo``'s baseline runs.
-
-    Each saved state is stepped once more (``fit(steps=1, start=state)``, all states of one N in one vmapped call)
-    and the applied change ``|Δθ|`` is divided by the lr: per parameter group, its median and max over the
-    group's entries. Under Adam this is ``|m̂| / (√v̂ + ε)`` per entry (clamping included when on), the
-    "effective per-parameter step" the bias-correction hypothesis is about.
-
-    Returns ``step`` (runs, checkpoints) global step of each state, ``bc1`` / ``bc2`` (runs, checkpoints) Adam's
-    bias corrections at the probed update (``1 − β^(t+1)``, from the stored count), ``best_step`` (runs,) the
-    run's best iteration, and ``median/<group>``, ``max/<group>`` (runs, checkpoints) ``|Δθ| / lr``.
-    """
-    shape = target.shape[:2]
-    loss = gi.make_loss(target, rasteriser=combo["rasteriser"], gradient_of=_flag(combo["gradient_of"], "l2_only"),
-                        chunk=config.chunk)
-    opt = _optimizer("adam", config.lr, shape, combo["clamp"])
-    parts: list[dict[str, np.ndarray]] = []
-    for n in config.n_gaussians:
-        template = gi.init_params(jax.random.key(0), n, shape)
-        rows = np.flatnonzero(grid.where(n=n, **combo))
-        states = []
-        for i in rows:
-            paths = list_checkpoints(loop.cell_dir(checkpoint_dir, int(grid.info["checkpoint_cells"][i])))
-            states.append([loop.load_state(path, template, opt) for path in paths])
-        length = min(len(s) for s in states)  # every run of a complete grid saved the same steps
-        stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[s for run in states for s in run[:length]])
-        measured = measured_steps(loss, template, opt, stacked, config.lr)
-        parts.append({k: np.asarray(v).reshape(len(rows), length) for k, v in measured.items()})
-        parts[-1]["best_step"] = np.asarray(grid.outputs["best_step"][rows]) * config.log_every
-    length = min(p["step"].shape[1] for p in parts)
-    out = {k: np.concatenate([p[k][:, :length] if p[k].ndim == 2 else p[k] for p in parts]) for k in parts[0]}
-    count = out["step"].astype(np.float64) + 1.0  # optax's Adam counts the update being made
-    out["bc1"], out["bc2"] = 1.0 - 0.9 ** count, 1.0 - 0.999 ** count
     return out
 
 

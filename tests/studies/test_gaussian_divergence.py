@@ -80,3 +80,17 @@ def test_quick_study_writes_report_csv_config_and_figures(tmp_path):
     first, first_total = map(int, re.search(r"first logged loss of (\d+) of (\d+)", report).groups())
     assert first_total >= 1 and first == first_total
     assert (out / "checkpoints").is_dir()
+    # what a kill mid-baseline leaves (cell 0 saved up to step 20, cell 1 up to 40 of 60): the same command with the
+    # same --out resumes both cells from there and writes the same results.csv byte for byte
+    first_csv, checkpoints = (out / "results.csv").read_bytes(), out / "checkpoints"
+    for cell, keep in ((0, 20), (1, 40)):
+        for path in loop.cell_dir(checkpoints, cell).glob("checkpoint_*.eqx"):
+            if int(path.stem.split("_")[1]) > keep:
+                path.unlink()
+    kept = loop.cell_dir(checkpoints, 0) / "checkpoint_000020.eqx"
+    written = kept.stat().st_mtime_ns
+    assert main(["run", "gaussian-divergence", "--quick", *sets, "--out", str(out), "--no-progress"]) == 0
+    assert (out / "results.csv").read_bytes() == first_csv
+    assert kept.stat().st_mtime_ns == written  # resumed after it, not re-run from step 0 (which rewrites it)
+    assert sorted(p.name for p in loop.cell_dir(checkpoints, 0).glob("checkpoint_*.eqx")) == [
+        "checkpoint_000020.eqx", "checkpoint_000040.eqx", "checkpoint_000060.eqx"]
