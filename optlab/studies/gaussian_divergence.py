@@ -50,7 +50,7 @@ from optlab.studies import summary as sm
 from optlab.studies.base import Study, StudyResult
 from optlab.studies.config import Settings, setting
 from optlab.studies.gaussian_divergence_probe import STEP_GROUPS, measured_steps, step_probe  # noqa: F401
-from optlab.studies.stages import interrupted_section, run_stages
+from optlab.studies.stages import cached_stage, interrupted_section, run_stages
 
 FIXES = ("none", "cosine", "step_decay", "clip", "moment_reset", "sgd", "early_stop", "per_param_lr",
          "gaussianimage")
@@ -336,9 +336,16 @@ def run(config: GaussianDivergenceConfig, *, progress: bool = True, run_dir: Pat
             picked["starts"], picked["base_rows"] = load_starts(config, grid, combo, shape, checkpoint_dir)
         return grid
 
-    stages = (("baseline", baseline),
-              ("fixes", lambda: fixes_grid(config, target, picked["starts"], picked["combo"], progress)),
-              ("hypotheses", lambda: hypothesis_grid(config, target, picked["combo"], progress)))
+    def kept(name: str, make) -> Any:  # a rerun into the same run_dir loads a finished stage (cached_stage)
+        if run_dir is None:
+            return make()
+        return cached_stage(Path(run_dir) / "stages" / f"{name}.pkl", make, key=repr(sorted(picked["combo"].items())))
+
+    stages = (("baseline", baseline),  # resumes from its cell checkpoints (run_grid(resume=True))
+              ("fixes", lambda: kept("fixes", lambda: fixes_grid(config, target, picked["starts"], picked["combo"],
+                                                                 progress))),
+              ("hypotheses", lambda: kept("hypotheses", lambda: hypothesis_grid(config, target, picked["combo"],
+                                                                                progress))))
     try:
         run = run_stages(stages, row=_scalar_row)
         if run.stopped is not None:

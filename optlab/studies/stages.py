@@ -10,13 +10,20 @@ Example::
     if run.stopped is not None:
         return StudyResult(..., [interrupted_section(run)], rows=run.rows, complete=False, cells_done=run.done, ...)
     sections = make_sections(run.results["factorial"], run.results["lr"])
+
+A stage that should survive an interrupted run wraps its function in :func:`cached_stage` (a complete result is
+kept in the run folder; the same command with the same ``--out`` loads it instead of running the grid again).
 """
 
 from __future__ import annotations
 
+import pickle
+import warnings
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, NamedTuple
 
+from optlab import _atomic
 from optlab.engine.grid_result import GridResult
 from optlab.engine.interrupt import GridInterrupted
 from optlab.studies.base import Section
@@ -54,6 +61,37 @@ def run_stages(stages: Sequence[tuple[str, Callable[[], Any]]], *,
             return StageRun(results, rows, done, (name, len(grids[-1])))
         results[name] = out
     return StageRun(results, rows, done, None)
+
+
+_CACHE_FORMAT = 1
+
+
+def cached_stage(path: str | Path, make: Callable[[], Any], *, key: Any = None) -> Any:
+    """``make()``, kept in ``path`` once complete, so that a rerun of the same run loads it instead of recomputing.
+
+    For the long grids of a study that a user may interrupt (Ctrl-C, a kill, a machine going away): the CLI lets
+    the same command run again into the same ``--out`` only when its config.yaml matches, and each stage wrapped here
+    then comes back from its file, every array as it was (pickled with its numpy outputs). ``key`` is anything else
+    the stage's result depends on that the config does not fix (e.g. what an earlier stage chose); a file with
+    another ``key``, another format or that cannot be read is ignored (with a warning when unreadable) and the stage
+    runs again. An incomplete result (an interrupted grid) is never kept.
+
+    Example: ``run_stages((("fixes", lambda: cached_stage(run_dir / "stages" / "fixes.pkl", make_fixes)),))``.
+    """
+    path = Path(path)
+    if path.is_file():
+        try:
+            stored = pickle.loads(path.read_bytes())
+            if stored.get("format") == _CACHE_FORMAT and stored.get("key") == key:
+                return stored["result"]
+        except Exception as err:  # a torn or foreign file: run the stage again
+            warnings.warn(f"{path}: cannot read the kept stage result ({err}); running the stage again",
+                          RuntimeWarning, stacklevel=2)
+    out = make()
+    if all(grid.complete for grid in _grids(out)):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic.write_bytes(path, pickle.dumps({"format": _CACHE_FORMAT, "key": key, "result": out}))
+    return out
 
 
 def interrupted_section(run: StageRun) -> Section:

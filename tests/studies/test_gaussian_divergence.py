@@ -89,6 +89,8 @@ def test_quick_study_writes_report_csv_config_and_figures(tmp_path):
                 path.unlink()
     kept = loop.cell_dir(checkpoints, 0) / "checkpoint_000020.eqx"
     written = kept.stat().st_mtime_ns
+    kept_stages = sorted(p.name for p in (out / "stages").iterdir())
+    assert kept_stages == ["fixes.pkl", "hypotheses.pkl"]  # the finished later grids are kept, not run again
     assert main(["run", "gaussian-divergence", "--quick", *sets, "--out", str(out), "--no-progress"]) == 0
     assert (out / "results.csv").read_bytes() == first_csv
     assert kept.stat().st_mtime_ns == written  # resumed after it, not re-run from step 0 (which rewrites it)
