@@ -29,7 +29,7 @@ from jax.experimental import io_callback
 from optlab.engine import checkpoint as ckpt
 from optlab.engine.cell_slot import CellSlot
 from optlab.engine.checkpoint import TrainState
-from optlab.engine.state import _BATCHING
+from optlab.engine.state import _BATCHING, _batching_pair
 
 class GridCell(NamedTuple):
     """Where one ``run_grid`` cell keeps its checkpoints; set by ``run_grid(checkpoint_every=...)`` while it traces."""
@@ -193,7 +193,7 @@ def resume_cell(resume: CellResume, fresh: TrainState, *, steps: int, log_every:
     if group.log_every != log_every:
         raise ValueError(f"run_grid(resume=True): a cell's checkpoint was written with log_every={group.log_every}, "
                          f"this fit has log_every={log_every}")
-    tag = (-1 if batch_size is None else batch_size, int(shuffle))  # as state._batching_tag stores it
+    tag = _batching_pair(batch_size, shuffle)
     if group.batching is not None and group.batching != tag:
         raise ValueError(f"run_grid(resume=True): a cell's checkpoint was written with [batch_size, shuffle] = "
                          f"{list(group.batching)} (-1: full batch), this fit has {list(tag)}: the batch order would "

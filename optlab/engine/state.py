@@ -49,8 +49,13 @@ def _block_every(early_stop: Any) -> int:
     return 1 if early_stop is None else early_stop.every
 
 
+def _batching_pair(batch_size: int | None, shuffle: bool) -> tuple[int, int]:
+    # how a checkpoint records fit's mini-batching: [batch_size (-1: full batch), shuffle]
+    return (-1 if batch_size is None else batch_size, int(shuffle))
+
+
 def _batching_tag(batch_size: int | None, shuffle: bool) -> dict[str, jax.Array]:
-    return {_BATCHING: jnp.asarray([-1 if batch_size is None else batch_size, int(shuffle)], jnp.int32)}
+    return {_BATCHING: jnp.asarray(_batching_pair(batch_size, shuffle), jnp.int32)}
 
 
 def _check_batching(path: Any, stored: dict, batch_size: int | None, shuffle: bool) -> dict:
