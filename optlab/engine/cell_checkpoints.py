@@ -84,23 +84,75 @@ def _take_grid_cell() -> GridCell | None:
 
 def _write_cell(directory: pathlib.Path, key_impl: str, log_every: int, payload: Any) -> None:
     # Host side of the in-program checkpoint: called once per cell (io_callback runs vmapped cells one by one).
-    state, trace, final, cell = jax.tree.map(np.asarray, payload)
+    state, trace, n_rows, tag, final, cell = jax.tree.map(np.asarray, payload)
     if int(cell) < 0:  # a padding cell repeats a real one
         return
     state = state._replace(key=jax.random.wrap_key_data(state.key, impl=key_impl))
+    trace = {**{name: rows[:int(n_rows)] for name, rows in trace.items()}, **tag}  # the rows written so far
     ckpt.save_checkpoint(ckpt.checkpoint_path(cell_dir(directory, cell), int(state.step)), state, trace,
                          loss=final, log_every=log_every)
 
 
-def _save_in_program(cell: GridCell, state: TrainState, trace: dict, final: jax.Array, log_every: int) -> None:
-    """Checkpoints ``state`` from inside the compiled grid with an (unordered) ``io_callback``.
+def _save_in_program(cell: GridCell, state: TrainState, trace: dict, n_rows: Any, tag: dict, final: jax.Array,
+                     log_every: int) -> None:
+    """Checkpoints ``state`` and the first ``n_rows`` rows of ``trace`` from inside the compiled grid.
 
-    Unordered is enough: each cell and step writes its own file, and the callback depends on the chunk's state, so
-    it runs after that state exists; run_grid waits for all callbacks (``jax.effects_barrier``) before returning.
+    An (unordered) ``io_callback``. Unordered is enough: each cell and step writes its own file, and the callback
+    depends on the chunk's state, so it runs after that state exists; run_grid waits for all callbacks
+    (``jax.effects_barrier``) before returning.
     """
     key_impl = str(jax.random.key_impl(state.key))
-    payload = (state._replace(key=jax.random.key_data(state.key)), trace, final, cell.cell)
+    payload = (state._replace(key=jax.random.key_data(state.key)), trace, n_rows, tag, final, cell.cell)
     io_callback(functools.partial(_write_cell, cell.directory, key_impl, log_every), None, payload, ordered=False)
+
+
+def run_cell_chunks(run_chunk, cell: GridCell, state: TrainState, data: Any, *, first: int, total: int,
+                    log_every: int, stored: dict | None, tag: dict) -> tuple[TrainState, dict | None]:
+    """Runs a grid cell's ``fit`` from step ``first`` to ``total``, checkpointing every ``cell.every`` steps.
+
+    The chunks between checkpoints (multiples of ``cell.every`` counted from step 0, and ``total``) run as a
+    ``lax.scan`` over chunks of equal length, so the compiled grid holds one copy of the step loop per distinct
+    chunk length (at most three: a partial first chunk, the full ones, a partial last one) whatever the number of
+    checkpoints. The trace is one buffer of ``total // log_every`` rows (the stored rows of a resumed run first);
+    each checkpoint writes the rows filled so far.
+
+    Returns:
+      ``(state, trace)`` after step ``total``; trace None when no step was left (``first == total``).
+    """
+    every = cell.every
+    ends = sorted({*range((first // every + 1) * every, total, every), total}) if first < total else []
+    if not ends:
+        return state, None
+    _, spec, _ = jax.eval_shape(lambda s, d: run_chunk(s, d, 1), state, data)
+    n_total, offset = total // log_every, first // log_every
+    trace = {name: jax.numpy.zeros((n_total, *row.shape[1:]), row.dtype) for name, row in spec.items()}
+    if stored is not None and offset:
+        prefix = ckpt.align_trace(stored, spec, offset)
+        trace = {name: trace[name].at[:offset].set(prefix[name]) for name in trace}
+    runs: list[list[int]] = []  # [rows per chunk, number of chunks] for consecutive chunks of one length
+    for start, end in zip([first, *ends], ends):
+        rows = (end - start) // log_every
+        if runs and runs[-1][0] == rows:
+            runs[-1][1] += 1
+        else:
+            runs.append([rows, 1])
+
+    def chunk(carry, rows_per_chunk):
+        state, trace, offset = carry
+        state, rows, final = run_chunk(state, data, rows_per_chunk)
+        trace = {name: jax.lax.dynamic_update_slice_in_dim(trace[name], rows[name].astype(trace[name].dtype),
+                                                           offset, axis=0) for name in trace}
+        offset = offset + rows_per_chunk
+        _save_in_program(cell, state, trace, offset, tag, final, log_every)
+        return state, trace, offset
+
+    carry = (state, trace, jax.numpy.asarray(offset, jax.numpy.int32))
+    for rows_per_chunk, count in runs:
+        if count == 1:
+            carry = chunk(carry, rows_per_chunk)
+        else:
+            carry, _ = jax.lax.scan(lambda c, _, r=rows_per_chunk: (chunk(c, r), None), carry, length=count)
+    return carry[0], carry[1]
 
 
 def resume_plan(directory: str | os.PathLike, n_cells: int) -> list[tuple[pathlib.Path, ResumeGroup] | None]:
@@ -217,6 +269,7 @@ __all__ = [
     "load_cells",
     "resume_cell",
     "resume_plan",
+    "run_cell_chunks",
 ]
 
 

@@ -82,9 +82,9 @@ from optlab.engine.casting import DTYPES, _cast, _resolve_dtype  # noqa: F401 (D
 # load_state, DTYPES, SKIP_COUNTERS} (run_grid, the README and users import them from here).
 from optlab.engine.cell_checkpoints import (  # noqa: F401
     GridCell,
-    _save_in_program,
     _take_grid_cell,
     resume_cell as _resume_cell,
+    run_cell_chunks as _run_cell_chunks,
     cell_dir,
     grid_cell,
 )
@@ -388,23 +388,24 @@ def fit(
         state, lane_rows = lane.run(run_chunk, state, data, steps=steps, log_every=log_every, batch_size=batch_size,
                                     shuffle=shuffle, schedule=schedule, every=_block_every(early_stop))
         ends, parts = [], [lane_rows]
+    if cell is not None:  # checkpointed from inside the compiled grid: one scan over equal chunks
+        state, cell_trace = _run_cell_chunks(run_chunk, cell, state, data, first=first, total=total,
+                                             log_every=log_every, stored=stored, tag=tag)
+        ends, parts = [], [] if cell_trace is None else [cell_trace]
     for end in ends:
         state, rows, final = run_chunk(state, data, (end - first) // log_every)
         if stored is not None and not prefix:
             prefix = [ckpt.align_trace(stored, rows, n_stored)]
         parts.append(rows)
         if checkpoint_every is not None:
-            trace = {**_concat(prefix + parts), **tag}
-            if cell is not None:
-                _save_in_program(cell, state, trace, final, log_every)
-            elif _is_traced(state):
+            if _is_traced(state):
                 raise ValueError(
                     "checkpoint_every cannot be used inside jax.jit / jax.vmap (values are traced); for a grid of "
                     "runs pass checkpoint_every= and checkpoint_dir= to run_grid instead (one folder per cell)"
                 )
-            else:
-                ckpt.save_checkpoint(ckpt.checkpoint_path(checkpoint_dir, int(state.step)), state, trace,
-                                     loss=final, log_every=log_every, run_id=run_id, overwrite=overwrite_checkpoints)
+            trace = {**_concat(prefix + parts), **tag}
+            ckpt.save_checkpoint(ckpt.checkpoint_path(checkpoint_dir, int(state.step)), state, trace,
+                                 loss=final, log_every=log_every, run_id=run_id, overwrite=overwrite_checkpoints)
         first = end
     trace = _concat(prefix + parts) if parts else (stored or {})
     return FitResult(

@@ -6,6 +6,7 @@ from typing import NamedTuple
 
 import chex
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -131,6 +132,47 @@ def test_grid_without_checkpoints_is_unchanged(tmp_path):
     kept = run_grid(cell_fit, {"lr": [0.1, 0.5]}, progress=False, checkpoint_every=5, checkpoint_dir=tmp_path)
     chex.assert_trees_all_close(kept.outputs, plain.outputs, rtol=1e-6)
     assert "checkpoint_cells" not in plain.info
+
+
+def traced_fit(steps):
+    def fn(hp, key):
+        res = fit(mse, PARAMS, optax.adam(hp["lr"]), steps=steps, data=DATA, batch_size=3, key=key)
+        return {"loss": res.trace["loss"], "w": res.params["w"]}
+    return fn
+
+
+def test_grid_checkpoints_write_the_rows_so_far_and_change_no_bit(tmp_path):
+    # 12 steps every 5: two full chunks (one scan) and a partial last one; each file holds the trace up to its step.
+    plain = run_grid(traced_fit(12), {"lr": [0.05, 0.2]}, seeds=2, progress=False)
+    kept = run_grid(traced_fit(12), {"lr": [0.05, 0.2]}, seeds=2, progress=False, checkpoint_every=5,
+                    checkpoint_dir=tmp_path)
+    chex.assert_trees_all_equal(kept.outputs, plain.outputs)
+    for row in range(4):
+        files = list_checkpoints(cell_dir(tmp_path, kept.info["checkpoint_cells"][row]))
+        assert [p.name for p in files] == [f"checkpoint_{s:06d}.eqx" for s in (5, 10, 12)]
+        for path, n in zip(files, (5, 10, 12)):
+            stored = optlab.engine.checkpoint.read_leaves(path).trace["loss"]
+            np.testing.assert_array_equal(stored, plain.outputs["loss"][row][:n])
+
+
+def count_scans(jaxpr) -> int:
+    found = 0
+    for eqn in jaxpr.eqns:
+        found += eqn.primitive.name == "scan"
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            found += count_scans(sub)
+    return found
+
+
+def test_grid_checkpoints_compile_one_step_loop_whatever_their_number(tmp_path):
+    # The chunks between checkpoints are one scan: 4 checkpoints and 40 give programs of the same size.
+    def scans(steps):
+        cell = optlab.engine.cell_checkpoints.GridCell(5, tmp_path, jnp.int32(0))
+        with optlab.engine.cell_checkpoints.grid_cell(cell):
+            jaxpr = jax.make_jaxpr(traced_fit(steps))({"lr": 0.1}, KEY)
+        return count_scans(jaxpr.jaxpr)
+
+    assert scans(200) == scans(20) > 0
 
 
 @pytest.mark.parametrize("calls", [0, 2])
