@@ -46,12 +46,16 @@ def _fit(n: int, size: int, steps: int, chunk: int, rasteriser: str = "sum"):
     return run, loss
 
 
-def _rate(fn, *args, repeat: int = 1) -> float:
+def _rate(fn, *args, repeat: int = 1, min_seconds: float = 0.0) -> float:
+    """Seconds per call of ``fn(*args)`` after its compile: the median of ``repeat`` calls, more while the calls
+    together take less than ``min_seconds`` (short rows on a shared machine are otherwise one noisy sample)."""
     jax.block_until_ready(fn(*args))  # compile
-    start = time.perf_counter()
-    for _ in range(repeat):
+    times: list[float] = []
+    while len(times) < repeat or sum(times) < min_seconds:
+        start = time.perf_counter()
         jax.block_until_ready(fn(*args))
-    return (time.perf_counter() - start) / repeat
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
 
 
 def _step_memory_mib(loss, n: int, size: int) -> float:
@@ -63,7 +67,7 @@ def _step_memory_mib(loss, n: int, size: int) -> float:
 
 def _scaling_row(n: int, size: int, steps: int, chunk: int, rasteriser: str) -> str:
     run, loss = _fit(n, size, steps, chunk, rasteriser)
-    seconds = _rate(jax.jit(run), jax.random.key(0))
+    seconds = _rate(jax.jit(run), jax.random.key(0), repeat=3, min_seconds=2.0)
     return (f"  N={n:5d} {size:3d}x{size:<3d}: {steps / seconds:8.1f} it/s, {1e3 * seconds / steps:8.2f} ms/it, "
             f"{_step_memory_mib(loss, n, size):8.1f} MiB temp")
 
@@ -121,10 +125,10 @@ def main() -> None:
 
     # value_and_grad + Adam per step; memory: peak XLA temporaries of one value_and_grad
     steps = max(args.steps // 10, 5)
-    print(f"scaling in N at 64x64 ({steps} steps each):")
+    print(f"scaling in N at 64x64 ({steps} steps a call; median of >= 3 calls and >= 2 s):")
     for n in (int(v) for v in args.ns.split(",")):
         print(_scaling_row(n, 64, steps, args.chunk, args.rasteriser), flush=True)
-    print(f"scaling in image size at N=50 ({steps} steps each):")
+    print(f"scaling in image size at N=50 ({steps} steps a call; median of >= 3 calls and >= 2 s):")
     for size in (int(v) for v in args.sizes.split(",")):
         print(_scaling_row(50, size, steps, args.chunk, args.rasteriser), flush=True)
 
