@@ -16,7 +16,8 @@ version was gone); orbax-checkpoint would also do it, but with a new dependency 
 states of a few kilobytes.
 
 This module is the one import path for both layers: the file format lives in :mod:`optlab.engine.checkpoint_file`
-(encode / read / verify / load / resume) and the folder in :mod:`optlab.engine.checkpoint_dir` (names, run ids,
+(encode / read / verify / load), continuing from a file in
+:mod:`optlab.engine.checkpoint_resume`, and the folder in :mod:`optlab.engine.checkpoint_dir` (names, run ids,
 locked writers, listing, best / latest).
 
 The run-per-folder, lock and damaged-file rules are described once, in :mod:`optlab.engine.checkpoint_dir`.
@@ -44,16 +45,15 @@ from optlab.engine.checkpoint_file import (
     CheckpointError,
     Leaves,
     TrainState,
-    align_trace,
     encode_checkpoint,
     leaf_specs,
     load_checkpoint,
     opt_state_matches,
     read_leaves,
     read_meta,
-    resume,
     verify_checkpoint,
 )
+from optlab.engine.checkpoint_resume import align_trace, resume
 
 __all__ = [
     "Checkpoint",
