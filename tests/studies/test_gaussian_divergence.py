@@ -96,3 +96,13 @@ def test_quick_study_writes_report_csv_config_and_figures(tmp_path):
     assert kept.stat().st_mtime_ns == written  # resumed after it, not re-run from step 0 (which rewrites it)
     assert sorted(p.name for p in loop.cell_dir(checkpoints, 0).glob("checkpoint_*.eqx")) == [
         "checkpoint_000020.eqx", "checkpoint_000040.eqx", "checkpoint_000060.eqx"]
+
+
+@pytest.mark.parametrize("ratio, verdict", [(1.2, "confirmed"), (1.05, "partly"), (0.9, "refuted")])
+def test_final_over_start_needs_half_the_notes_excess_to_confirm(ratio, verdict):
+    from optlab.studies import gaussian_divergence_claims as gc
+
+    config = gd.GaussianDivergenceConfig()  # the note's lr 1e-3 and 10 000 steps: the claim is testable
+    claim = gc._final_over_start_claim(config, np.full(8, ratio), np.zeros(8, int))
+    assert claim.verdict == verdict, claim
+    assert "1.11" in claim.detail and "1.22" in claim.claimed
