@@ -106,25 +106,23 @@ def _save_in_program(cell: GridCell, state: TrainState, trace: dict, n_rows: Any
     io_callback(functools.partial(_write_cell, cell.directory, key_impl, log_every), None, payload, ordered=False)
 
 
-def run_cell_chunks(run_chunk, cell: GridCell, state: TrainState, data: Any, *, first: int, total: int,
+def run_cell_chunks(run_chunk, cell: GridCell, state: TrainState, data: Any, *, first: int, ends: list[int],
                     log_every: int, stored: dict | None, tag: dict) -> tuple[TrainState, dict | None]:
-    """Runs a grid cell's ``fit`` from step ``first`` to ``total``, checkpointing every ``cell.every`` steps.
+    """Runs a grid cell's ``fit`` from step ``first`` through the chunk ``ends``, checkpointing at each end.
 
-    The chunks between checkpoints (multiples of ``cell.every`` counted from step 0, and ``total``) run as a
-    ``lax.scan`` over chunks of equal length, so the compiled grid holds one copy of the step loop per distinct
-    chunk length (at most three: a partial first chunk, the full ones, a partial last one) whatever the number of
-    checkpoints. The trace is one buffer of ``total // log_every`` rows (the stored rows of a resumed run first);
-    each checkpoint writes the rows filled so far.
+    The chunks between checkpoints (``fit``'s chunk ends: multiples of ``cell.every`` counted from step 0, and the
+    last step) run as a ``lax.scan`` over chunks of equal length, so the compiled grid holds one copy of the step
+    loop per distinct chunk length (at most three: a partial first chunk, the full ones, a partial last one)
+    whatever the number of checkpoints. The trace is one buffer of ``ends[-1] // log_every`` rows (the stored rows
+    of a resumed run first); each checkpoint writes the rows filled so far.
 
     Returns:
-      ``(state, trace)`` after step ``total``; trace None when no step was left (``first == total``).
+      ``(state, trace)`` after the last end; trace None when no step was left (``ends`` empty).
     """
-    every = cell.every
-    ends = sorted({*range((first // every + 1) * every, total, every), total}) if first < total else []
     if not ends:
         return state, None
     _, spec, _ = jax.eval_shape(lambda s, d: run_chunk(s, d, 1), state, data)
-    n_total, offset = total // log_every, first // log_every
+    n_total, offset = ends[-1] // log_every, first // log_every
     trace = {name: jax.numpy.zeros((n_total, *row.shape[1:]), row.dtype) for name, row in spec.items()}
     if stored is not None and offset:
         prefix = ckpt.align_trace(stored, spec, offset)

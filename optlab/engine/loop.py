@@ -357,7 +357,7 @@ def fit(
                                     shuffle=shuffle, schedule=schedule, every=_block_every(early_stop))
         ends, parts = [], [lane_rows]
     if cell is not None:  # checkpointed from inside the compiled grid: one scan over equal chunks
-        state, cell_trace = _run_cell_chunks(run_chunk, cell, state, data, first=first, total=total,
+        state, cell_trace = _run_cell_chunks(run_chunk, cell, state, data, first=first, ends=ends,
                                              log_every=log_every, stored=stored, tag=tag)
         ends, parts = [], [] if cell_trace is None else [cell_trace]
     for end in ends:
